@@ -1,0 +1,33 @@
+# One command runs the workbook, one runs the tests. Both create .venv on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+WORKERS ?= 2
+
+.PHONY: install workbook test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Execute every notebook with papermill on the built-in data into runs/<name>/ and refresh figures/.
+workbook: install
+	$(BIN)/python -m ssmt_lib workbook
+
+# Unit tests, then every notebook under nbval (lax mode: asserts everywhere, outputs
+# compared only in cells marked NBVAL_CHECK_OUTPUT).
+test: install
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval-lax --nbval-cell-timeout=240 -p no:randomly notebooks
+
+# Speed figures as JSON (phantom throughput, model steps, training loop).
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf runs .pytest_cache

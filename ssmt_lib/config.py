@@ -1,0 +1,270 @@
+"""Configuration dataclasses and presets for SSMT-Net.
+
+Like nanoGPT's ``GPTConfig``: every knob is a typed field with a comment, and a preset is just a
+named set of field values (``PRESETS``), never a separate code path. ``make_config`` validates
+overrides (unknown keys, wrong types, loss weights that break eq. 12's constraints) before any
+work starts, so a typo in a notebook or papermill parameter fails loudly.
+
+Table 2 of the paper (ablation variants) is the ``VARIANTS`` dict: each variant switches tasks on
+or off in the same network.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+TASKS = ("nodule", "gland")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of SSMT-Net (encoder, dual decoders, reconstructor, size head)."""
+
+    # --- hybrid encoder (paper eq. 1-3; timm vit_base_r50_s16_224) ---
+    image_size: int = 224  # input side in pixels; position embeddings are resized for other sizes
+    in_chans: int = 3  # grey ultrasound replicated to 3 channels so ImageNet weights fit
+    stem_channels: int = 64  # ResNet stem width (1/2 map, first skip)
+    resnet_layers: tuple[int, ...] = (3, 4, 9)  # bottleneck blocks per ResNet-50 stage used by R50-ViT
+    resnet_channels: tuple[int, ...] = (256, 512, 1024)  # stage outputs at 1/4, 1/8, 1/16
+    embed_dim: int = 768  # ViT-Base token width
+    depth: int = 12  # ViT-Base pre-norm Transformer layers
+    num_heads: int = 12  # ViT-Base attention heads
+    mlp_ratio: float = 4.0  # ViT FFN width / token width
+    fused_attn: bool = True  # use SDPA when attention weights are not requested
+    pretrained_file: str | None = None  # local timm checkpoint for vit_base_r50_s16_224; None = random init
+
+    # --- fusion of F_C (ResNet 1/16 map) and F_T (ViT tokens as a map) ---
+    fusion_channels: int = 256  # both maps are projected to this width and summed
+
+    # --- CNN decoder, one per task (TransUNet cup) ---
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16)  # widths at 1/8, 1/4, 1/2, 1/1
+
+    # --- Transformer query decoder, one per task (paper eq. 4-9) ---
+    use_query_decoder: bool = True  # False = CNN decoder output only (TransUNet v1 style)
+    masked_attention: bool = True  # eq. 6 masks on cross-attention; False = plain cross-attention
+    num_queries: int = 20  # N learnable queries per task
+    query_layers: int = 3  # T decoder layers, one per CNN level (1/8, 1/4, 1/2), coarse to fine
+    query_dim: int = 256  # d, query / key width and pixel-embedding width
+    query_heads: int = 8  # heads in cross- and self-attention
+    query_ffn: int = 2048  # FFN hidden width
+    num_classes: int = 1  # K foreground classes per task (binary nodule or gland); +1 no-object
+    output_mode: str = "transformer"  # reported map: "transformer", "cnn", or "sum" (logits added)
+
+    # --- tasks (the Table 2 switches) ---
+    gland: bool = True  # gland decoder (multi-task)
+    reconstruction: bool = True  # reconstructor path (phase 1 and the rec loss)
+    size: bool = True  # nodule-size estimator
+    recon_channels: tuple[int, ...] = (128, 64, 32, 16)  # reconstructor widths at 1/8 .. 1/1, no skips
+    size_hidden: tuple[int, ...] = (256, 128, 64)  # size MLP: embed_dim -> 256 -> 128 -> 64 -> 1
+
+
+@dataclass
+class LossConfig:
+    """Eq. 12: L = alpha L_nodule + beta L_gland + gamma L_size + eta L_rec."""
+
+    alpha: float = 0.8  # nodule segmentation weight
+    beta: float = 0.1  # gland segmentation weight
+    gamma: float = 0.05  # nodule-size regression weight
+    eta: float = 0.05  # reconstruction (Charbonnier, eq. 13) weight
+    charbonnier_eps: float = 1e-6  # epsilon of eq. 13
+    matching: str = "hungarian"  # "hungarian" (per prediction) or "fixed" (query i <-> class i)
+    cost_class: float = 2.0  # Mask2Former matching / loss weight of the class term
+    cost_bce: float = 5.0  # Mask2Former weight of the mask BCE term
+    cost_dice: float = 5.0  # Mask2Former weight of the mask Dice term
+    no_object_weight: float = 0.1  # class weight of "no object" in the query cross-entropy
+    aux_weight: float = 1.0  # weight of the CNN auxiliary head's BCE+Dice inside L_nodule / L_gland
+    deep_supervision: bool = True  # supervise the prediction of every query-decoder layer
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and schedule for the two phases (paper: 300 epochs, batch 32, Adam 1e-3)."""
+
+    epochs_pretrain: int = 50  # phase 1: reconstruction only on unlabeled images
+    epochs: int = 300  # phase 2: all enabled tasks
+    batch_size: int = 32  # images per step
+    lr: float = 1e-3  # Adam learning rate, annealed by cosine to min_lr
+    min_lr: float = 1e-6  # end of cosine annealing
+    weight_decay: float = 0.01  # Adam weight decay (L2, as in the paper)
+    seed: int = 42  # global seed
+    mask_ratio: float = 0.0  # phase 1 masked-image modelling (beyond the paper); 0 = plain rec
+    num_workers: int = 4  # DataLoader workers (pinned memory on CUDA)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # channels_last memory format on CUDA
+    max_minutes: float | None = None  # stop training after this wall time (checkpoint kept)
+    grad_clip: float | None = 1.0  # gradient-norm clipping; None disables
+
+
+@dataclass
+class Config:
+    """Everything one run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Presets are values. "paper": the published configuration (GPU). "tiny": the same network with
+# small widths and depths at 128 px, so a 2-core CPU trains it in minutes (notebooks and tests).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tiny": {
+        "model.image_size": 128,
+        "model.stem_channels": 16,
+        "model.resnet_layers": (1, 1, 1),
+        "model.resnet_channels": (32, 64, 96),
+        "model.embed_dim": 96,
+        "model.depth": 2,
+        "model.num_heads": 3,
+        "model.fusion_channels": 64,
+        "model.decoder_channels": (32, 24, 16, 8),
+        "model.num_queries": 6,
+        "model.query_dim": 32,
+        "model.query_heads": 4,
+        "model.query_ffn": 64,
+        "model.recon_channels": (32, 24, 16, 8),
+        "model.size_hidden": (32, 16, 8),
+        "train.epochs_pretrain": 2,
+        "train.epochs": 6,
+        "train.batch_size": 8,
+        "train.num_workers": 0,
+    },
+}
+
+# Table 2 of the paper: which auxiliary tasks each ablation variant trains.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "1_baseline": {"model.gland": False, "model.reconstruction": False, "model.size": False},
+    "2_rec": {"model.gland": False, "model.reconstruction": True, "model.size": False},
+    "3_rec_gland": {"model.gland": True, "model.reconstruction": True, "model.size": False},
+    "4_rec_size": {"model.gland": False, "model.reconstruction": True, "model.size": True},
+    "5_all": {"model.gland": True, "model.reconstruction": True, "model.size": True},
+}
+
+_SECTIONS = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+_CHOICES = {
+    "model.output_mode": ("transformer", "cnn", "sum"),
+    "loss.matching": ("hungarian", "fixed"),
+}
+
+
+def _resolve_key(key: str) -> tuple[str, str]:
+    """Map ``"model.depth"`` or a bare unique field name like ``"depth"`` to (section, field)."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in _SECTIONS:
+            raise KeyError(f"unknown config section {section!r} in {key!r}; sections: {sorted(_SECTIONS)}")
+        if name not in {f.name for f in fields(_SECTIONS[section])}:
+            raise KeyError(f"unknown config key {key!r}; fields of {section}: {[f.name for f in fields(_SECTIONS[section])]}")
+        return section, name
+    owners = [s for s, cls in _SECTIONS.items() if key in {f.name for f in fields(cls)}]
+    if not owners:
+        raise KeyError(f"unknown config key {key!r}")
+    if len(owners) > 1:
+        raise KeyError(f"config key {key!r} is ambiguous; write one of {[f'{s}.{key}' for s in owners]}")
+    return owners[0], key
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field annotation; accept ints for floats and lists for tuples."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    if value is None:
+        raise TypeError(f"config {key} may not be None")
+    if typing.get_origin(annotation) is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise TypeError(f"config {key} must be a list of ints, got {value!r}")
+        return tuple(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, bool) or not isinstance(value, annotation):
+        raise TypeError(f"config {key} must be {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Raise ``ValueError`` if the configuration breaks a constraint of the paper or the code."""
+    m, loss, t = cfg.model, cfg.loss, cfg.train
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ValueError(f"config {key}={value!r}; choose one of {allowed}")
+    weights = {"alpha": loss.alpha, "beta": loss.beta, "gamma": loss.gamma, "eta": loss.eta}
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"loss weights must be >= 0, got {weights}")
+    if abs(sum(weights.values()) - 1.0) > 1e-6:
+        raise ValueError(f"loss weights alpha+beta+gamma+eta must sum to 1 (eq. 12), got {sum(weights.values()):.6f} from {weights}")
+    if not loss.alpha > loss.beta + loss.gamma + loss.eta:
+        raise ValueError(f"eq. 12 needs alpha > beta + gamma + eta (the nodule task dominates), got {weights}")
+    if m.image_size % 16:
+        raise ValueError(f"model.image_size must be a multiple of 16 (ResNet to 1/16), got {m.image_size}")
+    if len(m.resnet_layers) != 3 or len(m.resnet_channels) != 3:
+        raise ValueError("model.resnet_layers and model.resnet_channels need 3 stages (1/4, 1/8, 1/16)")
+    if len(m.decoder_channels) != 4 or len(m.recon_channels) != 4:
+        raise ValueError("model.decoder_channels and model.recon_channels need 4 widths (1/8, 1/4, 1/2, 1/1)")
+    if m.embed_dim % m.num_heads or m.query_dim % m.query_heads:
+        raise ValueError("model.embed_dim must divide by num_heads and query_dim by query_heads")
+    if m.use_query_decoder and m.query_layers < 1:
+        raise ValueError("model.query_layers must be >= 1 when the query decoder is on")
+    if not m.use_query_decoder and m.output_mode != "cnn":
+        # Without queries the only map is the CNN one; say so instead of silently switching.
+        raise ValueError("model.use_query_decoder=False needs model.output_mode='cnn'")
+    if loss.matching == "fixed" and m.num_queries < m.num_classes:
+        raise ValueError("loss.matching='fixed' needs num_queries >= num_classes")
+    if t.batch_size < 1 or t.epochs < 0 or t.epochs_pretrain < 0:
+        raise ValueError("train.batch_size must be >= 1 and epochs >= 0")
+    if not 0.0 <= t.mask_ratio < 1.0:
+        raise ValueError(f"train.mask_ratio must be in [0, 1), got {t.mask_ratio}")
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return a copy of ``cfg`` with ``{"section.field" or "field": value}`` applied and type-checked."""
+    cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model), loss=dataclasses.replace(cfg.loss), train=dataclasses.replace(cfg.train)
+    )
+    for key, value in overrides.items():
+        section, name = _resolve_key(key)
+        obj = getattr(cfg, section)
+        annotation = typing.get_type_hints(type(obj))[name]
+        setattr(obj, name, _coerce(f"{section}.{name}", value, annotation))
+    return cfg
+
+
+def make_config(preset: str = "tiny", variant: str | None = None, **overrides: Any) -> Config:
+    """Build and validate a :class:`Config`.
+
+    Args:
+        preset: ``"paper"`` or ``"tiny"``.
+        variant: optional Table 2 variant name (see ``VARIANTS``), applied after the preset.
+        **overrides: field values as ``section__field=value`` or unique bare names (``depth=4``).
+
+    Returns:
+        A validated configuration.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    cfg = apply_overrides(Config(), PRESETS[preset])
+    if variant is not None:
+        cfg = apply_overrides(cfg, VARIANTS[variant])
+    cfg = apply_overrides(cfg, {k.replace("__", "."): v for k, v in overrides.items()})
+    return validate(cfg)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (JSON / checkpoint friendly)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Inverse of :func:`to_dict`, validated."""
+    flat = {f"{section}.{k}": v for section, values in data.items() for k, v in values.items()}
+    return validate(apply_overrides(Config(), flat))
