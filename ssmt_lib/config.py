@@ -29,6 +29,7 @@ class ModelConfig:
     stem_channels: int = 64  # ResNet stem width (1/2 map, first skip)
     resnet_layers: tuple[int, ...] = (3, 4, 9)  # bottleneck blocks per ResNet-50 stage used by R50-ViT
     resnet_channels: tuple[int, ...] = (256, 512, 1024)  # stage outputs at 1/4, 1/8, 1/16
+    norm_groups: int = 32  # GroupNorm groups in the ResNet (timm R50 uses 32; must divide every width)
     embed_dim: int = 768  # ViT-Base token width
     depth: int = 12  # ViT-Base pre-norm Transformer layers
     num_heads: int = 12  # ViT-Base attention heads
@@ -50,6 +51,7 @@ class ModelConfig:
     query_dim: int = 256  # d, query / key width and pixel-embedding width
     query_heads: int = 8  # heads in cross- and self-attention
     query_ffn: int = 2048  # FFN hidden width
+    mask_dim: int = 64  # width of the full-resolution pixel embedding and mask MLP output (eq. 7)
     num_classes: int = 1  # K foreground classes per task (binary nodule or gland); +1 no-object
     output_mode: str = "transformer"  # reported map: "transformer", "cnn", or "sum" (logits added)
 
@@ -116,6 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.stem_channels": 16,
         "model.resnet_layers": (1, 1, 1),
         "model.resnet_channels": (32, 64, 96),
+        "model.norm_groups": 8,
         "model.embed_dim": 96,
         "model.depth": 2,
         "model.num_heads": 3,
@@ -125,6 +128,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.query_dim": 32,
         "model.query_heads": 4,
         "model.query_ffn": 64,
+        "model.mask_dim": 16,
         "model.recon_channels": (32, 24, 16, 8),
         "model.size_hidden": (32, 16, 8),
         "train.epochs_pretrain": 2,

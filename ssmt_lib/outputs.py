@@ -23,7 +23,7 @@ class QueryPrediction:
 class ModelOutput:
     """What ``model(images)`` returns. Keys also work dict-style: ``out["nodule_logits"]``."""
 
-    nodule_logits: Tensor  # (B, 1, H, W) the reported nodule map (see ModelConfig.output_mode)
+    nodule_logits: Tensor | None = None  # (B, 1, H, W) reported nodule map (None when not run, e.g. phase 1)
     gland_logits: Tensor | None = None  # (B, 1, H, W) the reported gland map
     recon: Tensor | None = None  # (B, C, H, W) reconstructed (normalized) image
     size: Tensor | None = None  # (B,) predicted nodule area / image area, in [0, 1]

@@ -1,0 +1,48 @@
+"""Data for SSMT-Net: one entry point, ``build_dataset``, for the built-in phantom and the public
+thyroid ultrasound sets (TN3K, TG3K, DDTI) or any image/mask folder; combined multi-task training
+sets (nodule + gland labels, paper Sec. 3) and the unlabeled phase-1 pool; augmentation.
+
+    >>> from ssmt_lib.data import build_dataset, build_training_set, unlabeled_pool
+    >>> train = build_dataset("phantom", split="train", n=64, image_size=128, augment=True)
+    >>> item = train[0]; item["image"].shape, item["nodule_mask"].shape
+    (torch.Size([3, 128, 128]), torch.Size([1, 128, 128]))
+
+The phantom generator itself lives in ``ssmt_lib.data.phantom`` (imported when first used).
+"""
+from ssmt_lib.data.datasets import (
+    DATASET_NAMES,
+    IMAGE_EXTENSIONS,
+    ITEM_KEYS,
+    DatasetError,
+    FileDataset,
+    MultiTaskDataset,
+    PhantomDataset,
+    Record,
+    SegmentationDataset,
+    UnlabeledPool,
+    build_dataset,
+    build_training_set,
+    dataset_options,
+    patient_split,
+    read_image,
+    read_mask,
+    task_balanced_sampler,
+    unlabeled_pool,
+)
+from ssmt_lib.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    denormalize,
+    eval_transform,
+    normalization,
+    stitch,
+    train_transform,
+)
+
+__all__ = [
+    "DATASET_NAMES", "IMAGE_EXTENSIONS", "ITEM_KEYS", "DatasetError", "FileDataset", "MultiTaskDataset",
+    "PhantomDataset", "Record", "SegmentationDataset", "UnlabeledPool", "build_dataset",
+    "build_training_set", "dataset_options", "patient_split", "read_image", "read_mask",
+    "task_balanced_sampler", "unlabeled_pool", "IMAGENET_MEAN", "IMAGENET_STD", "denormalize",
+    "eval_transform", "normalization", "stitch", "train_transform",
+]

@@ -1,0 +1,48 @@
+"""Small heads of SSMT-Net.
+
+- ``MLP``: the mask-embedding MLP of eq. 7 (``MLP(LN(P_t))``) and the building block of the others.
+- ``SizeHead``: nodule-size estimator, an MLP 768-256-128-64-1 with ReLU on mean-pooled ViT tokens
+  and a sigmoid, predicting nodule area / image area (the paper's auxiliary regression task).
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Sequential):
+    """Linear layers with ReLU between them (none after the last).
+
+    Args:
+        widths: layer widths, input first, e.g. (768, 256, 128, 64, 1).
+    """
+
+    def __init__(self, widths: tuple[int, ...] | list[int]) -> None:
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(widths) - 2:
+                layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class SizeHead(nn.Module):
+    """Nodule area fraction from the ViT's patch tokens.
+
+    Args:
+        embed_dim: token width (768 for ViT-Base).
+        hidden: hidden widths, (256, 128, 64) in the paper.
+    """
+
+    def __init__(self, embed_dim: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.mlp = MLP((embed_dim, *hidden, 1))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Args:
+            tokens: (B, 1 + h*w, D), class token first (it is left out of the pooling).
+
+        Returns:
+            (B,) area fraction in [0, 1].
+        """
+        pooled = tokens[:, 1:].mean(dim=1)  # (B, D)
+        return self.mlp(pooled).squeeze(-1).sigmoid()  # (B,)

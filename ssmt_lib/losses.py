@@ -1,0 +1,414 @@
+"""Losses of SSMT-Net (paper eq. 10-13) and the Mask2Former mask-classification loss.
+
+The total loss is eq. 12 of the paper::
+
+    L = alpha * L_nodule + beta * L_gland + gamma * L_size + eta * L_rec
+
+* ``L_nodule`` / ``L_gland`` (eq. 10-11, "Dice-based"): for the Transformer query decoder
+  (eq. 4-9) the mask-classification loss of Mask2Former (Cheng et al., 2022): every query gets a
+  class (K foreground classes + "no object"); each ground-truth mask is matched to one query by the
+  Hungarian algorithm on the cost ``2 * class + 5 * BCE + 5 * Dice``; matched queries are trained on
+  class and mask, the others on "no object". The CNN decoder's auxiliary head adds BCE + Dice.
+  Without a query decoder (baselines, CNN-only) BCE + Dice on the reported map is the task loss.
+* ``L_size``: regression of the nodule area fraction (MSE, see :func:`size_loss`).
+* ``L_rec`` (eq. 13): Charbonnier loss ``sqrt((x_hat - x)^2 + eps^2)`` between reconstruction and
+  input, averaged over pixels.
+
+Semi-supervision is per sample: an image contributes to a task only if it carries that task's
+label (``batch["has_nodule"]``, ``batch["has_gland"]``); a batch with no label for a task gives an
+exact, differentiable 0 for that term.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from ssmt_lib.config import TASKS, LossConfig
+from ssmt_lib.outputs import ModelOutput, QueryPrediction
+
+_REDUCTIONS = ("mean", "none")
+# The matching cost is evaluated on a regular pixel grid of at most this many points (like
+# Mask2Former's 12544 sampled points); the loss itself always uses every pixel.
+MATCH_POINTS = 4096
+
+
+# ----------------------------------------------------------------------------- dense losses
+
+
+def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}; choose one of {_REDUCTIONS}")
+    return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def _check_same_shape(pred: Tensor, target: Tensor, name: str) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"{name}: prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+
+
+def dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0, reduction: str = "mean") -> Tensor:
+    """Soft Dice loss ``1 - (2 sum(p t) + eps) / (sum p + sum t + eps)`` per sample.
+
+    Args:
+        logits: (B, ...) pre-sigmoid scores.
+        target: (B, ...) same shape, values in [0, 1].
+        eps: additive smoothing; with eps > 0 an empty prediction on an empty target costs 0.
+        reduction: "mean" over samples or "none" for the (B,) vector.
+
+    Returns:
+        Scalar (or (B,)) loss in [0, 1].
+    """
+    _check_same_shape(logits, target, "dice_loss")
+    prob = logits.float().sigmoid().flatten(1)  # (B, P)
+    target = target.float().flatten(1)  # (B, P)
+    inter = (prob * target).sum(1)
+    dice = (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)
+    return _reduce(1 - dice, reduction)
+
+
+def bce_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0, reduction: str = "mean") -> Tensor:
+    """Pixel-mean binary cross-entropy plus soft Dice, per sample (weights 1 : 1).
+
+    BCE gives useful gradients from the first step, Dice counters the foreground/background
+    imbalance of small nodules.
+
+    Args:
+        logits: (B, ...) pre-sigmoid scores.
+        target: (B, ...) same shape, values in [0, 1].
+        eps: Dice smoothing.
+        reduction: "mean" or "none".
+
+    Returns:
+        Scalar (or (B,)) loss.
+    """
+    _check_same_shape(logits, target, "bce_dice_loss")
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
+    return _reduce(bce + dice_loss(logits, target, eps, reduction="none"), reduction)
+
+
+def charbonnier_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """Charbonnier loss of paper eq. 13: ``mean(sqrt((pred - target)^2 + eps^2))``.
+
+    A smooth L1: quadratic near 0 (differentiable at the optimum), linear for large errors
+    (robust to speckle outliers in ultrasound).
+
+    Args:
+        pred: reconstruction, any shape.
+        target: input image, same shape.
+        eps: epsilon of eq. 13 (``LossConfig.charbonnier_eps``).
+
+    Returns:
+        Scalar loss.
+    """
+    _check_same_shape(pred, target, "charbonnier_loss")
+    diff = pred.float() - target.float()
+    return torch.sqrt(diff * diff + eps * eps).mean()
+
+
+def size_loss(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Squared error of the predicted nodule area fraction.
+
+    MSE is chosen over smooth L1: both quantities lie in [0, 1], so every error is < 1 and
+    smooth L1 (beta = 1) would equal 0.5 * MSE anyway; MSE is the plainer statement.
+
+    Args:
+        pred: (B,) predicted area fraction in [0, 1].
+        target: (B,) ground-truth nodule area / image area (0 for an empty mask).
+        reduction: "mean" or "none".
+
+    Returns:
+        Scalar (or (B,)) loss.
+    """
+    _check_same_shape(pred, target, "size_loss")
+    return _reduce((pred.float() - target.float()) ** 2, reduction)
+
+
+def _masked_mean(per_sample: Tensor, valid: Tensor) -> Tensor:
+    """Mean of ``per_sample`` over ``valid`` samples; exactly 0 (and differentiable) if none is valid.
+
+    ``torch.where`` rather than multiplication, so that a non-finite value of an unlabeled sample
+    cannot leak into the loss, and no host sync is needed.
+    """
+    kept = torch.where(valid, per_sample, per_sample.new_zeros(()))
+    return kept.sum() / valid.sum().clamp(min=1)
+
+
+# ----------------------------------------------------------------------------- query matching
+
+
+def matching_cost(
+    pred: QueryPrediction, targets: Tensor, cost_class: float = 2.0, cost_bce: float = 5.0, cost_dice: float = 5.0
+) -> Tensor:
+    """Mask2Former matching cost between every query and every class mask, for a whole batch.
+
+    Args:
+        pred: one query prediction, ``class_logits`` (B, N, K+1) and ``mask_logits`` (B, N, H, W).
+        targets: (B, K, H, W) binary masks, channel k = class k (binary task: K = 1).
+        cost_class, cost_bce, cost_dice: weights of ``-p(class)``, pixel-mean BCE and Dice cost.
+
+    Returns:
+        (B, N, K) cost; lower is a better match.
+    """
+    logits = pred.mask_logits.float().flatten(2)  # (B, N, P)
+    tgt = targets.float().flatten(2)  # (B, K, P)
+    n_pix = logits.shape[-1]
+    # fp32 even under bf16 autocast: the einsums sum thousands of pixels and only rank queries.
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        prob_class = pred.class_logits.float().softmax(-1)[..., :-1]  # (B, N, K), no-object dropped
+        # BCE(x, t) = softplus(x) - x t, so the pixel mean splits into a per-query and a cross term.
+        bce = F.softplus(logits).mean(-1, keepdim=True) - torch.einsum("bnp,bkp->bnk", logits, tgt) / n_pix  # (B, N, K)
+        prob = logits.sigmoid()  # (B, N, P)
+        inter = torch.einsum("bnp,bkp->bnk", prob, tgt)  # (B, N, K)
+        dice = 1 - (2 * inter + 1) / (prob.sum(-1)[:, :, None] + tgt.sum(-1)[:, None, :] + 1)  # (B, N, K)
+    return cost_class * -prob_class + cost_bce * bce + cost_dice * dice
+
+
+@torch.no_grad()
+def match_queries(
+    pred: QueryPrediction,
+    targets: Tensor,
+    present: Tensor,
+    matching: str = "hungarian",
+    cost_class: float = 2.0,
+    cost_bce: float = 5.0,
+    cost_dice: float = 5.0,
+    match_points: int | None = MATCH_POINTS,
+) -> list[tuple[Tensor, Tensor]]:
+    """Assign one query to each present class mask, per sample.
+
+    Args:
+        pred: query prediction with ``class_logits`` (B, N, K+1), ``mask_logits`` (B, N, H, W).
+        targets: (B, K, H, W) binary class masks.
+        present: (B, K) bool, which class masks exist (non-empty and labeled).
+        matching: "hungarian" (``scipy.optimize.linear_sum_assignment`` on :func:`matching_cost`)
+            or "fixed" (query k <-> class k, the ablation switch).
+        cost_class, cost_bce, cost_dice: cost weights (Mask2Former: 2, 5, 5).
+        match_points: the cost is computed on every s-th pixel in both axes, with the smallest
+            stride s that leaves at most this many pixels (128 px -> s=2, 224 px -> s=4); this
+            keeps the matching cheap (the matching only ranks queries). None = full resolution.
+
+    Returns:
+        Per sample ``(query_idx, class_idx)``, two int64 CPU tensors of equal length.
+    """
+    n_queries = pred.class_logits.shape[1]
+    present = present.cpu()
+    most = int(present.sum(1).max()) if present.numel() else 0
+    if most > n_queries:
+        raise ValueError(f"a sample has {most} class masks but the decoder has only {n_queries} queries")
+    if matching == "fixed":
+        out = []
+        for row in present:
+            cls = torch.nonzero(row).flatten()  # (M,)
+            out.append((cls.clone(), cls))
+        return out
+    if matching != "hungarian":
+        raise ValueError(f"matching={matching!r}; choose 'hungarian' or 'fixed'")
+    if match_points is not None:
+        h, w = pred.mask_logits.shape[-2:]
+        stride = 1
+        while math.ceil(h / stride) * math.ceil(w / stride) > match_points:
+            stride += 1
+        if stride > 1:  # strided views, no copy
+            pred = QueryPrediction(pred.class_logits, pred.mask_logits[..., ::stride, ::stride])  # (B, N, h/s, w/s)
+            targets = targets[..., ::stride, ::stride]  # (B, K, h/s, w/s)
+    # A NaN cost would make scipy raise; a huge cost lets the (then non-finite) loss reach the
+    # trainer's non-finite check instead, which stops training with a clear message.
+    cost = matching_cost(pred, targets, cost_class, cost_bce, cost_dice)
+    cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8).cpu().numpy()  # (B, N, K)
+    out = []
+    for b, row in enumerate(present):
+        cls = torch.nonzero(row).flatten()  # (M,) present classes
+        if len(cls) == 0:
+            out.append((torch.zeros(0, dtype=torch.long), cls))
+            continue
+        q, j = linear_sum_assignment(cost[b][:, cls.numpy()])  # rows = queries, cols = present classes
+        out.append((torch.as_tensor(q, dtype=torch.long), cls[torch.as_tensor(j, dtype=torch.long)]))
+    return out
+
+
+def mask_classification_loss(
+    pred: QueryPrediction, targets: Tensor, valid: Tensor, cfg: LossConfig, match_points: int | None = MATCH_POINTS
+) -> Tensor:
+    """Mask2Former loss of one query prediction: ``cost_class*CE + cost_bce*BCE + cost_dice*Dice``.
+
+    CE runs over K+1 classes for every query of every labeled sample; unmatched queries target
+    "no object", whose class weight is ``cfg.no_object_weight`` (Mask2Former's ``eos_coef``); CE is
+    the weighted mean (sum w*ce / sum w). BCE and Dice run on matched masks only and are averaged
+    over the number of matched masks in the batch.
+
+    Args:
+        pred: ``class_logits`` (B, N, K+1), ``mask_logits`` (B, N, H, W).
+        targets: (B, K, H, W) binary class masks at the masks' resolution.
+        valid: (B,) bool, samples labeled for this task.
+        cfg: loss weights and the matching switch.
+        match_points: pixel budget of the matching cost (see :func:`match_queries`).
+
+    Returns:
+        Scalar loss (exactly 0 when no sample is valid).
+    """
+    class_logits = pred.class_logits.float()
+    B, N, C = class_logits.shape
+    K = C - 1
+    if targets.shape[1] != K or pred.mask_logits.shape[0] != B or pred.mask_logits.shape[-2:] != targets.shape[-2:]:
+        raise ValueError(
+            f"query prediction (class_logits {tuple(class_logits.shape)}, mask_logits {tuple(pred.mask_logits.shape)}) "
+            f"does not fit targets {tuple(targets.shape)}: need K+1 classes for K target channels and equal H, W"
+        )
+    valid = valid.to(class_logits.device)
+    present = (targets.flatten(2).sum(-1) > 0) & valid[:, None]  # (B, K)
+    matches = match_queries(pred, targets, present, cfg.matching, cfg.cost_class, cfg.cost_bce, cfg.cost_dice, match_points)
+    b_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)]).to(class_logits.device)  # (M,)
+    q_idx = torch.cat([q for q, _ in matches]).to(class_logits.device)  # (M,)
+    c_idx = torch.cat([c for _, c in matches]).to(class_logits.device)  # (M,)
+
+    # Class term: every query of a labeled sample; unmatched -> no-object (index K).
+    target_classes = torch.full((B, N), K, dtype=torch.long, device=class_logits.device)
+    target_classes[b_idx, q_idx] = c_idx
+    class_weight = torch.ones(C, device=class_logits.device)
+    class_weight[K] = cfg.no_object_weight
+    ce = F.cross_entropy(class_logits.transpose(1, 2), target_classes, reduction="none")  # (B, N)
+    w = class_weight[target_classes] * valid[:, None]  # (B, N), 0 for unlabeled samples
+    ce = torch.where(w > 0, ce * w, ce.new_zeros(())).sum() / w.sum().clamp(min=1e-12)
+
+    # Mask terms: matched pairs only, vectorized over the batch.
+    matched_logits = pred.mask_logits[b_idx, q_idx].float()  # (M, H, W)
+    matched_targets = targets[b_idx, c_idx].float()  # (M, H, W)
+    n_masks = max(len(b_idx), 1)
+    bce = F.binary_cross_entropy_with_logits(matched_logits, matched_targets, reduction="none").flatten(1).mean(1)  # (M,)
+    dice = dice_loss(matched_logits, matched_targets, reduction="none")  # (M,)
+    return cfg.cost_class * ce + cfg.cost_bce * bce.sum() / n_masks + cfg.cost_dice * dice.sum() / n_masks
+
+
+def query_loss(
+    preds: list[QueryPrediction], targets: Tensor, valid: Tensor, cfg: LossConfig, match_points: int | None = MATCH_POINTS
+) -> Tensor:
+    """Mask-classification loss with deep supervision (matching redone for every prediction).
+
+    With ``cfg.deep_supervision`` the loss is the MEAN over all T+1 predictions (Mask2Former sums;
+    the mean keeps the scale independent of T so that eq. 12's weights keep their meaning);
+    otherwise only the last prediction is supervised.
+
+    Args:
+        preds: the T+1 predictions of one task's query decoder.
+        targets: (B, K, H, W) binary class masks.
+        valid: (B,) bool, samples labeled for this task.
+        cfg: loss configuration.
+        match_points: pixel budget of the matching cost (see :func:`match_queries`).
+
+    Returns:
+        Scalar loss.
+    """
+    if not preds:
+        raise ValueError("query_loss got an empty list of query predictions")
+    used = preds if cfg.deep_supervision else preds[-1:]
+    return torch.stack([mask_classification_loss(p, targets, valid, cfg, match_points) for p in used]).mean()
+
+
+# ----------------------------------------------------------------------------- eq. 12
+
+
+def _batch_flag(batch: dict, key: str, like: Tensor) -> Tensor:
+    """``batch[key]`` as a (B,) bool tensor on ``like``'s device, with a clear error if missing."""
+    if key not in batch:
+        raise KeyError(f"batch has no {key!r} (per-sample task mask); keys: {sorted(batch)}")
+    flag = torch.as_tensor(batch[key], device=like.device).bool().flatten()
+    if flag.shape[0] != like.shape[0]:
+        raise ValueError(f"batch[{key!r}] has {flag.shape[0]} entries for a batch of {like.shape[0]}")
+    return flag
+
+
+def task_loss(out: ModelOutput, batch: dict, task: str, cfg: LossConfig) -> Tensor:
+    """``L_nodule`` or ``L_gland`` (eq. 10-11) over the samples labeled for ``task``.
+
+    Terms: the query mask-classification loss when the model has queries, otherwise BCE + Dice
+    on the reported logits; plus ``cfg.aux_weight`` * BCE + Dice on the CNN auxiliary logits when
+    present (and not the very tensor already supervised as the reported map).
+
+    Args:
+        out: model output.
+        batch: needs ``f"{task}_mask"`` (B, 1, H, W) and ``f"has_{task}"`` (B,).
+        task: "nodule" or "gland".
+        cfg: loss configuration.
+
+    Returns:
+        Scalar loss; exactly 0 (and differentiable) if no sample has the label.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}; choose one of {TASKS}")
+    logits, aux, queries = out.logits(task), out.aux_logits(task), out.queries(task)
+    if logits is None and aux is None and not queries:
+        raise ValueError(f"model output has nothing for task {task!r}")
+    if f"{task}_mask" not in batch:
+        raise KeyError(f"batch has no {task + '_mask'!r}; keys: {sorted(batch)}")
+    target = batch[f"{task}_mask"].float()  # (B, 1, H, W)
+    valid = _batch_flag(batch, f"has_{task}", target)
+
+    terms = []
+    if queries:
+        terms.append(query_loss(queries, target, valid, cfg))
+    elif logits is not None:
+        _check_same_shape(logits, target, f"{task}_logits vs batch[{task + '_mask'!r}]")
+        terms.append(_masked_mean(bce_dice_loss(logits, target, reduction="none"), valid))
+    if aux is not None and not (aux is logits and not queries):
+        _check_same_shape(aux, target, f"{task}_aux_logits vs batch[{task + '_mask'!r}]")
+        terms.append(cfg.aux_weight * _masked_mean(bce_dice_loss(aux, target, reduction="none"), valid))
+    return torch.stack(terms).sum()
+
+
+def total_loss(out: ModelOutput, batch: dict, cfg: LossConfig, phase: int = 2) -> tuple[Tensor, dict[str, float]]:
+    """Eq. 12: ``L = alpha L_nodule + beta L_gland + gamma L_size + eta L_rec``.
+
+    * Terms whose model output is None (a variant without gland decoder, reconstructor or size
+      head) are skipped; the remaining weights are NOT renormalized, so a variant trains its
+      nodule task with the same alpha as the full model (Table 2 compares like with like).
+    * ``L_size`` uses samples with ``has_nodule`` only; an empty nodule mask has size 0 and counts.
+    * ``L_rec`` = Charbonnier(recon, image) on every sample (reconstruction needs no label).
+    * ``phase=1`` (unsupervised pretraining): ``L = L_rec`` unweighted, so pretraining is not
+      scaled down by eta.
+
+    Args:
+        out: model output.
+        batch: dict with ``image``, ``nodule_mask``, ``gland_mask``, ``has_nodule``, ``has_gland``,
+            ``size`` (see the data module).
+        cfg: loss weights (already validated by ``config.validate``).
+        phase: 1 (reconstruction only) or 2 (all enabled tasks).
+
+    Returns:
+        The loss tensor and the detached parts ``{"loss", "nodule", "gland", "size", "rec"}`` as
+        floats (0.0 for a skipped term).
+    """
+    if phase not in (1, 2):
+        raise ValueError(f"phase={phase!r}; choose 1 (reconstruction) or 2 (all tasks)")
+    parts: dict[str, Tensor] = {}
+    if out.recon is not None:
+        if "image" not in batch:
+            raise KeyError(f"batch has no 'image'; keys: {sorted(batch)}")
+        parts["rec"] = charbonnier_loss(out.recon, batch["image"], cfg.charbonnier_eps)
+    if phase == 1:
+        if "rec" not in parts:
+            raise ValueError("phase 1 trains the reconstructor, but the model output has no recon (model.reconstruction=False?)")
+        total = parts["rec"]
+    else:
+        for task in TASKS:
+            if out.logits(task) is not None or out.aux_logits(task) is not None or out.queries(task):
+                parts[task] = task_loss(out, batch, task, cfg)
+        if out.size is not None:
+            if "size" not in batch:
+                raise KeyError(f"batch has no 'size' (nodule area fraction); keys: {sorted(batch)}")
+            pred = out.size.flatten()  # (B,)
+            valid = _batch_flag(batch, "has_nodule", pred)
+            target = torch.as_tensor(batch["size"], device=pred.device).float().flatten()  # (B,)
+            parts["size"] = _masked_mean(size_loss(pred, target, reduction="none"), valid)
+        if not parts:
+            raise ValueError("phase 2: the model output has no segmentation, size or recon term to train")
+        weights = {"nodule": cfg.alpha, "gland": cfg.beta, "size": cfg.gamma, "rec": cfg.eta}
+        total = torch.stack([weights[k] * v for k, v in parts.items()]).sum()
+    names = ["loss", *parts]
+    values = torch.stack([total.detach(), *[v.detach() for v in parts.values()]]).tolist()  # one host sync
+    logged = {"loss": 0.0, "nodule": 0.0, "gland": 0.0, "size": 0.0, "rec": 0.0}
+    logged.update(zip(names, values))
+    return total, logged

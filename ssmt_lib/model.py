@@ -1,0 +1,152 @@
+"""SSMT-Net: hybrid encoder + dual decoder (nodule, gland) + reconstructor + nodule-size head.
+
+    image ──ResNet-50──► F_C (1/16) ─┐ 1x1 proj
+            skips 1/2,1/4,1/8   │    ├─ sum ─► fused (1/16) ─┬─► CNN decoder_t (+skips) ─► aux logits
+                                └ViT► F_T ─┘ 1x1 proj        │      └ levels 1/8,1/4,1/2,1/1 ─► query decoder_t ─► masks, classes
+                                 │                           └─► reconstructor (no skips) ─► image   (eq. 13)
+                                 └─ pooled tokens ─► size MLP ─► nodule area fraction
+
+Every part is a switch in :class:`~ssmt_lib.config.ModelConfig` (Table 2 variants, query decoder
+on/off, masked attention on/off, reported map). ``build_model`` is the single entry point for
+SSMT-Net presets and the baselines.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ssmt_lib.attention import record_attention
+from ssmt_lib.config import TASKS, Config, ModelConfig, make_config
+from ssmt_lib.decoders import CNNDecoder, QueryDecoder, semantic_probabilities
+from ssmt_lib.embed import EncoderFeatures, HybridEncoder
+from ssmt_lib.heads import SizeHead
+from ssmt_lib.outputs import ModelOutput
+
+HEADS = ("nodule", "gland", "recon", "size")
+
+
+def _proj(in_ch: int, out_ch: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+
+
+class SSMTNet(nn.Module):
+    """The full network.
+
+    Args:
+        cfg: model configuration (see ``ModelConfig``; ``make_config`` builds validated ones).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tasks: tuple[str, ...] = ("nodule", "gland") if cfg.gland else ("nodule",)
+        self.encoder = HybridEncoder(cfg)
+        self.proj_c = _proj(cfg.resnet_channels[-1], cfg.fusion_channels)  # F_C -> width
+        self.proj_t = _proj(cfg.embed_dim, cfg.fusion_channels)  # F_T -> width
+        skips = self.encoder.skip_channels[::-1]  # decoders consume 1/8, 1/4, 1/2
+        dc = cfg.decoder_channels
+        self.cnn_decoders = nn.ModuleDict({t: CNNDecoder(cfg.fusion_channels, skips, dc, 1) for t in self.tasks})
+        self.query_decoders = nn.ModuleDict()
+        if cfg.use_query_decoder:
+            for t in self.tasks:
+                self.query_decoders[t] = QueryDecoder(
+                    level_channels=dc[:3], pixel_channels=dc[3], dim=cfg.query_dim, num_heads=cfg.query_heads,
+                    ffn=cfg.query_ffn, mask_dim=cfg.mask_dim, num_queries=cfg.num_queries, num_layers=cfg.query_layers,
+                    num_classes=cfg.num_classes, masked=cfg.masked_attention, fused=cfg.fused_attn)
+        self.reconstructor = CNNDecoder(cfg.fusion_channels, (), cfg.recon_channels, cfg.in_chans) if cfg.reconstruction else None
+        self.size_head = SizeHead(cfg.embed_dim, cfg.size_hidden) if cfg.size else None
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The heads this configuration has, in ``HEADS`` order."""
+        return self.tasks + (("recon",) if self.reconstruction_enabled else ()) + (("size",) if self.size_head else ())
+
+    @property
+    def reconstruction_enabled(self) -> bool:
+        return self.reconstructor is not None
+
+    def forward_features(self, x: Tensor) -> tuple[EncoderFeatures, Tensor]:
+        """Encoder pass (ResNet once, then ViT) and the fused map ``proj(F_C) + proj(F_T)`` (B, C, H/16, W/16)."""
+        feats = self.encoder(x)
+        return feats, self.proj_c(feats.f_c) + self.proj_t(feats.f_t)
+
+    def forward_task(self, task: str, feats: EncoderFeatures, fused: Tensor) -> dict[str, Any]:
+        """CNN decoder and (if on) query decoder of one task; returns logits, aux logits, query predictions."""
+        levels, aux = self.cnn_decoders[task](fused, feats.skips[::-1])
+        preds = self.query_decoders[task](levels[:3], levels[3]) if task in self.query_decoders else None
+        mode = self.cfg.output_mode
+        if preds is None or mode == "cnn":
+            logits = aux
+        else:
+            p = semantic_probabilities(preds[-1])[:, :1].clamp(1e-4, 1 - 1e-4)  # (B, 1, H, W)
+            logits = torch.logit(p)
+            if mode == "sum":
+                logits = logits + aux
+        return {"logits": logits, "aux": aux, "queries": preds}
+
+    def forward(self, x: Tensor, heads: Iterable[str] | None = None, return_attention: bool = False) -> ModelOutput:
+        """Args:
+            x: images (B, C, H, W), H and W multiples of 16.
+            heads: subset of ``self.heads`` to run (e.g. ``("recon",)`` in phase 1); None = all.
+            return_attention: also return every attention map (explicit softmax path, slower).
+
+        Returns:
+            ``ModelOutput``; heads not run stay None.
+        """
+        wanted = self.heads if heads is None else tuple(heads)
+        unknown = set(wanted) - set(self.heads)
+        if unknown:
+            raise ValueError(f"heads {sorted(unknown)} are not enabled in this model; it has {self.heads}")
+        if return_attention:
+            with record_attention(self) as maps:
+                out = self.forward(x, heads=wanted)
+            out.attentions = dict(maps)
+            return out
+        feats, fused = self.forward_features(x)
+        out = ModelOutput()
+        for task in self.tasks:
+            if task in wanted:
+                r = self.forward_task(task, feats, fused)
+                setattr(out, f"{task}_logits", r["logits"])
+                setattr(out, f"{task}_aux_logits", r["aux"])
+                setattr(out, f"{task}_queries", r["queries"])
+        if "recon" in wanted:
+            out.recon = self.reconstructor(fused)[1]
+        if "size" in wanted:
+            out.size = self.size_head(feats.tokens)
+        return out
+
+
+def build_model(preset: str = "tiny", variant: str | None = None, config: Config | ModelConfig | None = None,
+                **overrides: Any) -> nn.Module:
+    """Build SSMT-Net from a preset (+ Table 2 variant + overrides), or a baseline by name.
+
+    Args:
+        preset: "paper" / "tiny" for SSMT-Net, or a baseline name: "unet", "resnet50_unet", "mtnet", "trfe".
+        variant: Table 2 variant (e.g. "1_baseline", "5_all"); SSMT-Net only.
+        config: a ready ``Config`` / ``ModelConfig`` (then ``preset`` and overrides are not used).
+        **overrides: config fields, e.g. ``num_queries=10`` or ``model__depth=4``; validated.
+
+    Returns:
+        an ``nn.Module`` whose ``forward(images)`` returns ``ModelOutput``.
+    """
+    from ssmt_lib import baselines
+
+    if config is not None:
+        if overrides or variant:
+            raise ValueError("build_model: pass either config or preset/variant/overrides, not both")
+        return SSMTNet(config.model if isinstance(config, Config) else config)
+    if preset in baselines.BASELINE_NAMES or preset in baselines.ALIASES:
+        if variant is not None:
+            raise ValueError(f"variant applies to SSMT-Net presets, not to baseline {preset!r}")
+        return baselines.build_baseline(preset, **overrides)
+    return SSMTNet(make_config(preset, variant=variant, **overrides).model)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter counts per top-level child and in total."""
+    counts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts
