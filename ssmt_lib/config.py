@@ -95,9 +95,11 @@ class TrainConfig:
     mask_ratio: float = 0.0  # phase 1 masked-image modelling (beyond the paper); 0 = plain rec
     num_workers: int = 4  # DataLoader workers (pinned memory on CUDA)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # channels_last memory format on CUDA
+    channels_last: bool = True  # channels_last memory format (faster convolutions on CUDA and on CPU)
     max_minutes: float | None = None  # stop training after this wall time (checkpoint kept)
     grad_clip: float | None = 1.0  # gradient-norm clipping; None disables
+    freeze_encoder: bool = False  # phase 2 trains decoders and heads only (Table 3 fine-tuning)
+    label_fraction: float = 1.0  # share of training images whose masks are used (rest: phase 1 only)
 
 
 @dataclass
@@ -123,13 +125,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.depth": 2,
         "model.num_heads": 3,
         "model.fusion_channels": 64,
-        "model.decoder_channels": (32, 24, 16, 8),
+        "model.decoder_channels": (32, 16, 8, 8),
         "model.num_queries": 6,
         "model.query_dim": 32,
         "model.query_heads": 4,
         "model.query_ffn": 64,
-        "model.mask_dim": 16,
-        "model.recon_channels": (32, 24, 16, 8),
+        "model.mask_dim": 8,
+        "model.recon_channels": (16, 8, 8, 4),
         "model.size_hidden": (32, 16, 8),
         "train.epochs_pretrain": 2,
         "train.epochs": 6,
@@ -223,6 +225,8 @@ def validate(cfg: Config) -> Config:
         raise ValueError("loss.matching='fixed' needs num_queries >= num_classes")
     if t.batch_size < 1 or t.epochs < 0 or t.epochs_pretrain < 0:
         raise ValueError("train.batch_size must be >= 1 and epochs >= 0")
+    if not 0.0 < t.label_fraction <= 1.0:
+        raise ValueError(f"train.label_fraction must be in (0, 1], got {t.label_fraction}")
     if not 0.0 <= t.mask_ratio < 1.0:
         raise ValueError(f"train.mask_ratio must be in [0, 1), got {t.mask_ratio}")
     return cfg

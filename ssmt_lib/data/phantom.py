@@ -38,16 +38,23 @@ Each synthetic patient has one anatomy; ``views_per_patient`` consecutive indice
 views of it (bilateral, one lobe, zoomed on the main nodule; pan, zoom and a few degrees of tilt,
 fine texture redrawn, like a slightly different scan plane), so splits must be patient-wise.
 
+Scanner profiles (``PROFILES``): "default"; "scanner_b" (coarser speckle, darker, stronger
+attenuation, deeper field, gamma, overlays) for domain-shift experiments; "clean" (no speckle) for
+figures. For a tour, ``sample(..., nodule_overrides={...})`` forces nodule features and
+``gallery(feature=...)`` renders one image per category of a feature on the same patient.
+``export`` writes TN3K / TG3K / DDTI folder layouts so the file loaders read the phantom too.
+
     >>> from ssmt_lib.data import phantom
     >>> s = phantom.sample(0, seed=0)
     >>> s["image"].shape, s["nodule_mask"].dtype, s["tirads_level"] in range(6)
     ((224, 224), dtype('uint8'), True)
     >>> s = phantom.sample(5, nodule_overrides={"composition": "solid", "foci": "macro"})
+    >>> s["nodules"][0]["foci"]
+    'macro'
 """
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import json
 import math
@@ -172,7 +179,7 @@ PROFILES: dict[str, PhantomConfig] = {
 # Echo levels (display units before speckle; the gland is drawn per patient around 0.58).
 _SKIN, _FAT, _MUSCLE, _DEEP, _FLUID, _CALC = 0.55, 0.30, 0.20, 0.27, 0.02, 0.97
 # Attenuation deviations from soft tissue, nepers per mm (TGC compensates plain tissue).
-_A_FLUID, _A_BLOOD, _A_CALC, _A_AIR, _A_BONE, _A_EDGE = -0.035, -0.02, 1.6, 3.0, 1.0, 0.15
+_A_FLUID, _A_BLOOD, _A_CALC, _A_AIR, _A_BONE, _A_EDGE = -0.035, -0.02, 1.6, 3.0, 0.8, 0.15
 _BANK_SEED = 20240531  # the noise banks are fixed; samples differ by where they cut them
 
 
@@ -228,6 +235,12 @@ def _depth_profile(size: int, attenuation: float, focus: float, gain: float) -> 
     return prof.astype(np.float32)[:, None]  # (S, 1)
 
 
+@functools.lru_cache(maxsize=8)
+def _gamma_lut(gamma: float) -> np.ndarray:
+    """x ** gamma on 4096 levels of [0, 1]."""
+    return (np.linspace(0.0, 1.0, 4096, dtype=np.float64) ** gamma).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------- anatomy (world, mm)
 
 @dataclass
@@ -275,7 +288,7 @@ class _Patient:
     vessels: list[tuple[str, float, float, float, float]]  # (kind, cx, cy, a, b)
     scm: list[tuple[float, float, float, float, float]]  # sternocleidomastoid ellipses
     longus: list[tuple[float, float, float, float, float]]  # longus colli ellipses
-    vertebra: tuple[float, float, float, float]  # (cy, a, b) of the vertebral body + unused
+    vertebra: tuple[float, float, float]  # (cy, a, b) of the vertebral body
     esophagus: tuple[float, float, float]  # (cx, cy, radius)
     nodules: list[_Nodule]
 
@@ -290,9 +303,11 @@ def _choice(rng: np.random.Generator, options: Sequence[str], p: Sequence[float]
     return options[total]
 
 
-def _draw_features(rng: np.random.Generator) -> tuple[dict[str, str], bool, bool]:
-    """Plausible joint feature mix (cysts anechoic, spongiform iso, solid nodules span TR3..TR5)."""
-    comp = _choice(rng, ("cystic", "spongiform", "mixed", "solid"), (0.12, 0.10, 0.23, 0.55))
+def _draw_features(rng: np.random.Generator, comp: str | None = None) -> tuple[dict[str, str], bool, bool]:
+    """Plausible joint feature mix (cysts anechoic, spongiform iso, solid nodules span TR3..TR5);
+    ``comp`` fixes the composition and the other features follow it."""
+    drawn = _choice(rng, ("cystic", "spongiform", "mixed", "solid"), (0.12, 0.10, 0.28, 0.5))
+    comp = comp or drawn
     margins, foci = list(MARGIN_POINTS), list(FOCI_POINTS)
     if comp == "cystic":
         f = {"echogenicity": "anechoic", "shape": "wider_than_tall",
@@ -301,10 +316,10 @@ def _draw_features(rng: np.random.Generator) -> tuple[dict[str, str], bool, bool
         f = {"echogenicity": "hyper_iso", "shape": "wider_than_tall",
              "margin": _choice(rng, margins, (0.8, 0.2, 0, 0)), "foci": _choice(rng, foci, (0.75, 0.25, 0, 0, 0))}
     elif comp == "mixed":
-        f = {"echogenicity": _choice(rng, ("hyper_iso", "hypo", "very_hypo"), (0.5, 0.4, 0.1)),
+        f = {"echogenicity": _choice(rng, ("hyper_iso", "hypo", "very_hypo"), (0.6, 0.32, 0.08)),
              "shape": _choice(rng, list(SHAPE_POINTS), (0.9, 0.1)),
-             "margin": _choice(rng, margins, (0.5, 0.25, 0.2, 0.05)),
-             "foci": _choice(rng, foci, (0.5, 0.15, 0.15, 0.1, 0.1))}
+             "margin": _choice(rng, margins, (0.55, 0.25, 0.16, 0.04)),
+             "foci": _choice(rng, foci, (0.5, 0.2, 0.13, 0.09, 0.08))}
     else:
         f = {"echogenicity": _choice(rng, ("hyper_iso", "hypo", "very_hypo"), (0.35, 0.45, 0.2)),
              "shape": _choice(rng, list(SHAPE_POINTS), (0.8, 0.2)),
@@ -316,7 +331,7 @@ def _draw_features(rng: np.random.Generator) -> tuple[dict[str, str], bool, bool
     return f, halo, blurred
 
 
-def _check_overrides(overrides: Any, max_n: int) -> list[dict[str, Any]] | None:
+def _check_overrides(overrides: Any) -> list[dict[str, Any]] | None:
     """Validate ``nodule_overrides`` (a dict for the main nodule or a list, one dict per nodule)."""
     if overrides is None:
         return None
@@ -341,7 +356,7 @@ def _check_overrides(overrides: Any, max_n: int) -> list[dict[str, Any]] | None:
 def _make_nodule(rng: np.random.Generator, diameter: float, side: int, gland_level: float,
                  risk: Sequence[float], over: dict[str, Any]) -> _Nodule:
     """Features, size and rendering parameters of one nodule (placed later)."""
-    feats, halo, blurred = _draw_features(rng)
+    feats, halo, blurred = _draw_features(rng, over.get("composition"))
     ratio = rng.uniform(1.15, 1.7)
     u = rng.random(16)  # fixed number of draws keeps the stream aligned whatever the features
     feats.update({k: over[k] for k in FEATURE_POINTS if k in over})
@@ -356,7 +371,7 @@ def _make_nodule(rng: np.random.Generator, diameter: float, side: int, gland_lev
         a, b = diameter / 2 * math.sqrt(ratio), diameter / 2 / math.sqrt(ratio)
     echo = feats["echogenicity"]
     level = {"anechoic": _FLUID, "hyper_iso": min(0.92, gland_level * (0.95 + 0.35 * u[0])),
-             "hypo": 0.28 + 0.12 * u[0], "very_hypo": 0.07 + 0.06 * u[0]}[echo]
+             "hypo": 0.25 + 0.1 * u[0], "very_hypo": 0.07 + 0.06 * u[0]}[echo]
     lob_amp = {"smooth": 0.012, "ill_defined": 0.03, "lobulated_irregular": 0.06 + 0.04 * u[1],
                "extrathyroidal": 0.06 + 0.03 * u[1]}[feats["margin"]]
     # Echogenic foci in the nodule's unit disk: (u, v, size as a fraction of the radius).
@@ -364,9 +379,9 @@ def _make_nodule(rng: np.random.Generator, diameter: float, side: int, gland_lev
     k = {"none": 0, "comet_tail": 1 + int(3 * u[2]), "macro": 1 + int(2.99 * u[2]),
          "peripheral": 0, "punctate": 5 + int(11 * u[2])}[kind]
     rad = {"comet_tail": 0.7, "macro": 0.5, "punctate": 0.8}.get(kind, 0.0)
-    ang = rng.uniform(0, 2 * np.pi, k)
-    rr = rad * np.sqrt(rng.random(k))
-    pts = np.stack([rr * np.cos(ang), rr * np.sin(ang), rng.uniform(0.12, 0.24, k)], 1) if k else np.zeros((0, 3))
+    pool = rng.random((3, 16))  # always 16 draws, so the anatomy drawn later does not depend on k
+    ang, rr = 2 * np.pi * pool[0, :k], rad * np.sqrt(pool[1, :k])
+    pts = np.stack([rr * np.cos(ang), rr * np.sin(ang), 0.12 + 0.12 * pool[2, :k]], 1)  # (k, 3)
     if kind == "comet_tail":
         pts[:, 1] = -np.abs(pts[:, 1])  # comet tails sit on the anterior wall / in colloid
     total, per = tirads_points(feats)
@@ -408,10 +423,11 @@ def _fits(nod: _Nodule, cx: np.ndarray, cy: np.ndarray, p: _Patient, lobe: Seque
         v = (-(x - lx) * sl + (y - ly) * cl) / (lb - shrink)
         return u * u + v * v < 1.0
 
-    inside = in_lobe(px, py, 0.8)
-    if nod.features["margin"] == "extrathyroidal":
+    ete = nod.features["margin"] == "extrathyroidal"
+    inside = in_lobe(px, py, min(0.8, 0.15 * nod.b) if ete else 0.8)
+    if ete:
         # The anterior part breaks through the capsule (and must), the rest stays in the lobe.
-        inside |= py < cy[:, None] - 0.3 * nod.b
+        inside |= py < cy[:, None]
         ok = inside.all(1) & (py.min(1) > p.skin + 1.0) & (np.abs(px).max(1) < _lobe_lateral(lobe) - 0.5)
         ok &= ~in_lobe(cx, cy - nod.b, 0.0)
     else:
@@ -449,7 +465,7 @@ def _make_patient(rng: np.random.Generator, cfg: PhantomConfig, overrides: list[
         w = np.array([0.62, 0.26, 0.12][: cfg.max_nodules])
         count = 1 + int(np.searchsorted(np.cumsum(w / w.sum()), u[12]))
     lo, hi = cfg.nodule_mm
-    diam = [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u[13])]
+    diam = [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u[13] ** 0.7)]  # skewed to large
     for i in range(1, 3):
         diam.append(math.exp(math.log(2.5) + (math.log(max(2.6, min(diam[0], 14.0))) - math.log(2.5)) * u[13 + i]))
     main_side = sides[int(u[16] * len(sides))]
@@ -474,23 +490,36 @@ def _make_patient(rng: np.random.Generator, cfg: PhantomConfig, overrides: list[
     ex_ang = rng.uniform(0.5, 0.9)
     er = 4.5 + 2.0 * rng.random()
     esophagus = (math.sin(ex_ang) * (tr + er + 1.0), ty + math.cos(ex_ang) * (tr + er + 1.0), er)
-    p = _Patient(skin=skin, fat=fat, strap=strap, curve=1.5 * rng.random(), ripple=(0.6 * rng.random(), 6.3 * rng.random()),
-                 gland_level=gland_level, thyroiditis=thyroiditis, trachea=(ty, tr), cart=cart,
+    p = _Patient(skin=skin, fat=fat, strap=strap, curve=1.5 * rng.random(),
+                 ripple=(0.6 * rng.random(), 6.3 * rng.random()), gland_level=gland_level, thyroiditis=thyroiditis, trachea=(ty, tr), cart=cart,
                  isthmus=(ist, rng.uniform(0.75, 1.0)), lobes={}, vessels=[], scm=[], longus=[],
-                 vertebra=(0, 0, 0, 0), esophagus=esophagus, nodules=[])
+                 vertebra=(0.0, 0.0, 0.0), esophagus=esophagus, nodules=[])
 
-    # Place nodules by rejection inside the lobe (32 candidates at a time); grow the lobe
-    # (goitre) when none fits.
+    # Place nodules by rejection, 32 candidates at a time. The first nodule of a lobe may grow
+    # the lobe (goitre) and, if still too big, shrink; an ETE nodule that cannot straddle the
+    # capsule becomes lobulated. A later nodule never moves the lobe (that would move the nodules
+    # already in it): it tries the other lobe and is left out if it fits nowhere.
     placed: list[_Nodule] = []
     for n in nodules:
-        lobe = lobes[n.side]
-        for attempt in range(8):
+        first = not any(o.side == n.side for o in placed)
+        for attempt in range(24):
+            if attempt == 4 and n.features["margin"] == "extrathyroidal":
+                n.features["margin"] = "lobulated_irregular"
+                n.points, n.feature_points = tirads_points(n.features)
+                n.tirads = tirads_level(n.points)
+            if not first and attempt == 8:
+                other = -n.side
+                if other not in lobes or any(o.side == other for o in placed):
+                    break
+                n.side, first = other, True
+            lobe = lobes[n.side]
             lx, ly, la, lb, _ = lobe
             k = rng.random((2, 32))
             cx = lx + n.side * (k[0] - 0.4) * max(la - n.a * n.ext, 0.0)
-            if n.features["margin"] == "extrathyroidal":
+            if n.features["margin"] == "extrathyroidal":  # straddle the anterior capsule
+                cx = lx + n.side * (k[0] - 0.5) * 0.8 * max(la - n.a * n.ext, 0.0)
                 top = ly - lb * np.sqrt(np.clip(1 - ((cx - lx) / la) ** 2, 0, 1))
-                cy = top + n.b * (0.55 + 0.25 * k[1])
+                cy = top + n.b * (0.6 + 0.25 * k[1])
             else:
                 cy = ly + (k[1] - 0.5) * 1.2 * max(lb - n.b * n.ext, 0.0)
             ok = _fits(n, cx, cy, p, lobe, placed)
@@ -499,17 +528,16 @@ def _make_patient(rng: np.random.Generator, cfg: PhantomConfig, overrides: list[
                 n.cx, n.cy = float(cx[i]), float(cy[i])
                 placed.append(n)
                 break
-            lobe[2] *= 1.08
-            lobe[3] *= 1.08
-            lobe[0] = n.side * (tr + cart + 0.6 * lobe[2])
-            lobe[1] = max(strap + 0.4 + lobe[3], ty - 0.35 * tr)
-        else:  # pragmatic fallback: a smaller nodule at the lobe centre (never hit in tests)
-            n.a, n.b, n.cx, n.cy = 0.3 * lobe[2], 0.3 * lobe[3], lobe[0] + n.side * 0.2 * lobe[2], lobe[1]
-            if n.features["margin"] == "extrathyroidal":
-                n.features["margin"] = "lobulated_irregular"
-                n.points, n.feature_points = tirads_points(n.features)
-                n.tirads = tirads_level(n.points)
-            placed.append(n)
+            if first and attempt < 16:  # grow the (still empty) lobe
+                lobe[2] *= 1.06
+                lobe[3] *= 1.06
+                lobe[0] = n.side * (tr + cart + 0.6 * lobe[2])
+                lobe[1] = max(strap + 0.4 + lobe[3], ty - 0.35 * tr)
+            elif first:
+                n.a, n.b = 0.85 * n.a, 0.85 * n.b
+        else:
+            if first:  # cannot happen with the geometry above; fail loudly rather than cheat
+                raise RuntimeError(f"phantom: could not place a nodule ({n.features}, {n.a:.1f}x{n.b:.1f} mm)")
     p.lobes = {s: tuple(v) for s, v in lobes.items()}
     p.nodules = placed
 
@@ -530,7 +558,7 @@ def _make_patient(rng: np.random.Generator, cfg: PhantomConfig, overrides: list[
         p.longus.append((s * (tr * 0.8 + 4.0), ty + tr + 3.0 + 2.0 * rng.random(), 6.0 + 2.0 * rng.random(),
                          3.0 + rng.random(), 0.0))
     vy = ty + tr + 6.0 + 3.0 * rng.random()
-    p.vertebra = (vy + 10.0, 14.0 + 4.0 * rng.random(), 10.0, 0.0)
+    p.vertebra = (vy + 10.0, 14.0 + 4.0 * rng.random(), 10.0)
     return p
 
 
@@ -574,7 +602,7 @@ def _make_view(rng: np.random.Generator, p: _Patient, k: int, cfg: PhantomConfig
         cx = lobe[0] + side * (0.1 + 0.15 * u[3]) * width
     elif kind == "nodule" and main is not None:
         ext = 2 * max(main.a, main.b) * main.ext
-        width = max(ext * (1.0 + 1.3 * u[2] ** 2), main.cy + main.b * main.ext + 0.5 + 2.5 * u[4])
+        width = max(ext * (0.9 + 1.2 * u[2] ** 2), main.cy + 0.85 * main.b * main.ext + 2.5 * u[4])
         cx = main.cx + (u[3] - 0.5) * 0.2 * width
     else:  # a lobe view of a patient without that lobe: fall back to bilateral
         kind, width, cx = "bilateral", 60.0, 0.0
@@ -673,13 +701,15 @@ def _render_layers(cv: _Canvas, p: _Patient, view: _View) -> None:
     E[: max(1, int(0.3 * view.ppm))] = 0.9  # the skin entry echo
 
 
-def _paint(cv: _Canvas, box, m: np.ndarray, level: np.ndarray | float) -> None:
+def _paint(cv: _Canvas, box: tuple[slice, slice], m: np.ndarray, level: np.ndarray | float) -> None:
     """Blend ``level`` into the echo map with soft mask ``m`` (both over ``box``)."""
     e = cv.E[box]
     e += (level - e) * m
 
 
-def _render_ellipse_tissue(cv: _Canvas, view: _View, ell5, level: float, tex: str, amount: float) -> None:
+def _render_ellipse_tissue(cv: _Canvas, view: _View, ell5: tuple[float, float, float, float, float],
+                           level: float, tex: str, amount: float) -> None:
+    """A textured soft tissue ellipse (cx, cy, a, b, angle in mm/rad): muscles."""
     cx, cy = view.pt(ell5[0], ell5[1])
     res = _ellipse(cx, cy, ell5[2] * view.ppm, ell5[3] * view.ppm, ell5[4] + view.tilt, cv.size)
     if res is None:
@@ -759,8 +789,8 @@ def _render_round(cv: _Canvas, view: _View, kind: str, cx_mm: float, cy_mm: floa
     level = np.where(lumen, _FLUID, 0.85 if kind == "carotid" else 0.5)
     _paint(cv, box, m, level)
     cv.att(box, (_A_BLOOD * mmpp) * lumen)
-    # Refraction at the curved lateral walls: thin shadows straight down from the edges.
-    for sx in (-1, 1):
+    # Refraction at the carotid's curved lateral walls: thin shadows straight down from the edges.
+    for sx in ((-1, 1) if kind == "carotid" else ()):
         col, row = int(round(cx + sx * a_mm * ppm)), int(round(cy))
         if 0 <= col < S and 0 <= row < S:
             cv.att((slice(row, row + 1), slice(max(col - 1, 0), col + 1)), _A_EDGE)
@@ -781,7 +811,7 @@ def _render_esophagus(cv: _Canvas, p: _Patient, view: _View) -> None:
 
 def _render_vertebra(cv: _Canvas, p: _Patient, view: _View) -> None:
     """Anterior surface of the vertebral body: bright arc with a bone shadow below."""
-    vy, va, vb, _ = p.vertebra
+    vy, va, vb = p.vertebra
     cx, cy = view.pt(0.0, vy)
     res = _ellipse(cx, cy, va * view.ppm, vb * view.ppm, view.tilt, cv.size)
     if res is None:
@@ -790,7 +820,7 @@ def _render_vertebra(cv: _Canvas, p: _Patient, view: _View) -> None:
     rim = np.clip(1.0 - np.abs(r - 1.0) * vb * view.ppm / 1.5, 0, None) * (v < 0)
     e = cv.E[box]
     np.maximum(e, 0.9 * rim, out=e)
-    cv.att(box, (_A_BONE * view.width / cv.size) * (r < 0.97))
+    cv.att(box, (_A_BONE * view.width / cv.size) * ((r < 0.97) & (r > 0.8) & (v < 0)))  # anterior cortex
 
 
 def _render_nodule(cv: _Canvas, n: _Nodule, view: _View) -> np.ndarray | None:
@@ -852,10 +882,10 @@ def _render_nodule(cv: _Canvas, n: _Nodule, view: _View) -> np.ndarray | None:
                 blob = _ramp((1.0 - r2) * rb, 1.0)
                 np.maximum(cv.E[b2], _CALC * blob, out=cv.E[b2])
                 cv.att(b2, (_A_CALC * mmpp) * blob)
-            else:
+            else:  # punctate foci / comet-tail heads: bright specks added after attenuation
                 col, row = int(round(x)), int(round(y))
                 if 0 <= row < S and 0 <= col < S:
-                    cv.E[row, col] = _CALC
+                    cv.after.append(("dot", col, row, 0.0))
                     if kind == "comet_tail":
                         cv.after.append(("comet", col, row, max(3.0, 0.35 * rpx)))
     return box, hard
@@ -882,6 +912,9 @@ def _add_artifacts(cv: _Canvas, img: np.ndarray, view: _View) -> None:
             ring = np.clip(1.0 - np.abs(phase - np.round(phase)) * (d0[None, :] / max(1.0, 0.02 * S)), 0, None)
             amp = 0.35 * np.cos(np.clip(dx / R, -1, 1) * 1.3)[None, :] ** 2  # (1, w) lateral fade
             img[r0:r1, c0:c1] += ring * amp * np.exp(-0.5 * (phase - 1.0)) * (phase > 1.5)  # 0.6x per echo
+        elif item[0] == "dot":
+            _, col, row, _ = item
+            img[row:row + 2, col:col + 2] += 0.7  # ~0.5 mm speck
         elif item[0] == "comet":
             _, col, row, length = item
             r1 = min(S, row + int(length) + 1)
@@ -899,35 +932,38 @@ def _overlay(img: np.ndarray, masks: list[np.ndarray], view: _View, rng: np.rand
     t, bt, l, rt = int(0.08 * S), int(0.03 * S), int(0.05 * S), int(0.09 * S)
     for arr in [img] + masks:
         arr[:t], arr[S - bt:], arr[:, :l], arr[:, S - rt:] = 0, 0, 0, 0
-    tick = S - rt + 2
-    for mm in np.arange(5.0, view.width, 5.0):
+    tick, long, short = S - rt + 1, max(2, rt // 3), max(1, rt // 6)
+    for mm in np.arange(5.0, view.width, 5.0):  # depth scale: long ticks every cm
         row = int((mm - view.y0) * view.ppm)
         if t <= row < S - bt:
-            img[row, tick:tick + (5 if mm % 10 == 0 else 2)] = 0.85
-    frow = int(t + 0.45 * (S - t - bt))
-    for k in range(3):
-        img[frow - k:frow + k + 1, tick + 6 + k] = 0.9
-    c = max(1, S // 150)  # glyph cell size
-    x = l
-    for _ in range(int(3 + 4 * rng.random())):  # pseudo words of 3x5 glyphs
-        for _ in range(int(2 + 5 * rng.random())):
-            glyph = (rng.random((5, 3)) < 0.55).astype(np.float32)
-            g = np.kron(glyph, np.ones((c, c), np.float32))  # (5c, 3c)
-            y0 = max(1, t // 2 - g.shape[0] // 2)
-            if x + g.shape[1] >= S or y0 + g.shape[0] > t:
-                break
-            img[y0:y0 + g.shape[0], x:x + g.shape[1]] = 0.8 * g
-            x += g.shape[1] + c
-        x += 3 * c
+            img[row, tick:tick + (long if mm % 10 == 0 else short)] = 0.85
+    frow, fcol = int(t + 0.45 * (S - t - bt)), min(tick + long + 1, S - 3)
+    for k in range(3):  # focus marker (a small triangle)
+        img[frow - k:frow + k + 1, fcol + k] = 0.9
+    # Text-like marks: one line of random 3x5 glyphs (4 columns per slot, some slots blank).
+    c = max(1, S // 150)  # glyph cell size in pixels
+    slots = max(1, int((S - l - rt) * (0.3 + 0.4 * rng.random())) // (4 * c))
+    bits = rng.random((5, slots, 4)) < 0.55  # (5, slots, 4)
+    bits[:, :, 3] = False  # spacing column
+    bits[:, rng.random(slots) < 0.3] = False  # word gaps
+    line = bits.reshape(5, slots * 4).repeat(c, 0).repeat(c, 1)  # (5c, 4c*slots)
+    y0 = max(1, t // 2 - line.shape[0] // 2)
+    h = min(line.shape[0], t - y0)
+    if h > 0:
+        img[y0:y0 + h, l:l + line.shape[1]] = 0.8 * line[:h]
 
 
 # ---------------------------------------------------------------------------- public API
 
-def _rngs(index: int, seed: int, vpp: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """Independent streams: patient anatomy from (seed, patient), view from (seed, index)."""
-    patient = index // vpp
-    return (np.random.default_rng(np.random.SeedSequence([seed, patient, 0])),
-            np.random.default_rng(np.random.SeedSequence([seed, index, 1])))
+@functools.lru_cache(maxsize=64)
+def _patient(seed: int, patient: int, max_nodules: int, empty_fraction: float, nodule_mm: tuple,
+             risk: tuple, overrides_json: str) -> _Patient:
+    """A patient's anatomy from its own stream (seed, patient). Cached because consecutive
+    indices are views of the same patient; rendering never mutates it."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, patient, 0]))
+    cfg = PhantomConfig(max_nodules=max_nodules, empty_fraction=empty_fraction, nodule_mm=nodule_mm,
+                        malignancy_risk=risk)
+    return _make_patient(rng, cfg, json.loads(overrides_json))
 
 
 def _nodule_info(n: _Nodule, view: _View, area: float) -> dict[str, Any]:
@@ -965,12 +1001,15 @@ def sample(index: int, seed: int = 0, config: PhantomConfig | None = None, *,
     cfg = config if config is not None else PhantomConfig()
     if not isinstance(cfg, PhantomConfig):
         raise TypeError(f"config must be a PhantomConfig, got {type(cfg).__name__}")
-    if not isinstance(index, (int, np.integer)) or index < 0:
+    if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or index < 0:
         raise ValueError(f"index must be an int >= 0, got {index!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     index, S = int(index), cfg.image_size
-    overrides = _check_overrides(nodule_overrides, cfg.max_nodules)
-    prng, vrng = _rngs(index, seed, cfg.views_per_patient)
-    p = _make_patient(prng, cfg, overrides)
+    overrides = _check_overrides(nodule_overrides)
+    p = _patient(seed, index // cfg.views_per_patient, cfg.max_nodules, float(cfg.empty_fraction),
+                 tuple(cfg.nodule_mm), tuple(cfg.malignancy_risk), json.dumps(overrides, sort_keys=True))
+    vrng = np.random.default_rng(np.random.SeedSequence([seed, index, 1]))  # the view's own stream
     view = _make_view(vrng, p, index % cfg.views_per_patient, cfg)
     bank = _bank(S, cfg.speckle, float(cfg.speckle_size), float(cfg.speckle_contrast))
     cv = _Canvas(S, bank, vrng.integers(0, S, 8), view.width / S)
@@ -998,7 +1037,9 @@ def sample(index: int, seed: int = 0, config: PhantomConfig | None = None, *,
     img = cv.E
     if cv.a_rows < S:  # transmission exp(-integral of alpha over depth), only where alpha != 0
         reg = (slice(cv.a_rows, S), slice(*cv.a_cols))
-        t = np.cumsum(cv.A[reg], axis=0)
+        a = cv.A[reg]
+        t = np.cumsum(a, axis=0)
+        t -= 0.5 * a  # half-exclusive: a reflector is not hidden by its own shadow
         np.exp(-t, out=t)
         img[reg] *= t
     img += 0.03  # noise floor: shadows are dark, not empty
@@ -1006,8 +1047,8 @@ def sample(index: int, seed: int = 0, config: PhantomConfig | None = None, *,
     img *= _depth_profile(S, float(cfg.attenuation), float(cfg.focus_depth), float(cfg.gain))
     _add_artifacts(cv, img, view)
     np.clip(img, 0.0, 1.0, out=img)
-    if cfg.gamma != 1.0:
-        np.power(img, cfg.gamma, out=img)
+    if cfg.gamma != 1.0:  # a lookup table: much cheaper than np.power per pixel
+        img = _gamma_lut(float(cfg.gamma))[(img * 4095.0 + 0.5).astype(np.int32)]
     nodule, gland = cv.nodule.view(np.uint8), cv.gland.view(np.uint8)
     vessel = cv.vessel.view(np.uint8)
     if cfg.overlays:
@@ -1073,14 +1114,19 @@ def gallery(seed: int = 0, config: PhantomConfig | None = None, feature: str = "
         seed, config: as in :func:`sample`.
         feature: "composition", "echogenicity", "shape", "margin" or "foci".
         index: sample index (patient and view) to re-render for every category.
-        **fixed: other overrides held constant (e.g. ``diameter_mm=18``).
+        **fixed: other overrides held constant (e.g. ``diameter_mm=18``); by default the other
+            features are solid, hypoechoic, smooth, wider-than-tall, no foci.
 
     Returns:
         {category: sample dict}.
     """
     if feature not in FEATURE_POINTS:
         raise ValueError(f"gallery: feature must be one of {list(FEATURE_POINTS)}, got {feature!r}")
-    return {cat: sample(index, seed, config, nodule_overrides={**fixed, feature: cat})
+    # A visible baseline (solid, hypoechoic, smooth, no foci) unless the caller fixes it.
+    base = {"composition": "solid", "echogenicity": "hypo", "margin": "smooth", "foci": "none",
+            "shape": "wider_than_tall"}
+    base.update(fixed)
+    return {cat: sample(index, seed, config, nodule_overrides={**base, feature: cat})
             for cat in FEATURE_POINTS[feature]}
 
 
@@ -1151,7 +1197,8 @@ def export(root: str | Path, layout: str, n: int, seed: int = 0, config: Phantom
 
     def meta(s: dict, file: str, split: str) -> dict[str, Any]:
         return {"file": file, "split": split, "patient": s["patient"], "id": s["id"], "size": f"{s['size']:.6f}",
-                "tirads_points": s["tirads_points"], "tirads_level": s["tirads_level"], "malignant": int(s["malignant"])}
+                "tirads_points": s["tirads_points"], "tirads_level": s["tirads_level"],
+                "malignant": int(s["malignant"])}
 
     if layout == "tn3k":
         uniq = sorted(set(patients))

@@ -1,0 +1,138 @@
+"""Command line: ``python -m ssmt_lib {train, evaluate, sweep, workbook} ...``.
+
+    python -m ssmt_lib train --preset tiny --data phantom --epochs-pretrain 2 --epochs 6 --out runs/tiny
+    python -m ssmt_lib train --preset paper --data tn3k+tg3k --data-root data --out runs/paper   # GPU
+    torchrun --nproc_per_node 4 -m ssmt_lib train --preset paper --data tn3k+tg3k --data-root data --out runs/ddp
+    python -m ssmt_lib evaluate --checkpoint runs/tiny/best.pt --data phantom --split test
+    python -m ssmt_lib sweep params/ablation.yaml [--keep-going]
+    python -m ssmt_lib workbook            # every notebook through papermill into runs/<name>/
+
+Everything ``train`` accepts is the notebooks' config: ``--set key=value`` sets any config field
+(values parsed as YAML, e.g. ``--set model.num_queries=10 --set loss.alpha=0.7``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ssmt_lib.config import make_config
+    from ssmt_lib.train import fit
+
+    overrides = _parse_sets(args.set)
+    if args.epochs is not None:
+        overrides["train.epochs"] = args.epochs
+    if args.epochs_pretrain is not None:
+        overrides["train.epochs_pretrain"] = args.epochs_pretrain
+    if args.max_minutes is not None:
+        overrides["train.max_minutes"] = args.max_minutes
+    if args.batch_size is not None:
+        overrides["train.batch_size"] = args.batch_size
+    cfg = make_config(args.preset, variant=args.variant, **{k.replace(".", "__"): v for k, v in overrides.items()})
+    data_options = {}
+    if args.phantom_n is not None:
+        data_options["phantom_n"] = args.phantom_n
+    if args.unlabeled_dir is not None:
+        data_options["unlabeled_dir"] = args.unlabeled_dir
+    result = fit(cfg, data=args.data, data_root=args.data_root, out_dir=args.out, model_name=args.model,
+                 progress=not args.no_progress, fold=args.fold, **data_options)
+    summary = {"out": str(args.out), "best": result.best, "stopped_early": result.stopped_early,
+               "test_nodule": {k: v for k, v in result.test.get("nodule", {}).items() if k.endswith(("mean", "std"))}}
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ssmt_lib.train import _jsonable, build_data, default_device, evaluate, make_loader, model_from_checkpoint
+
+    device = default_device()
+    model, cfg, _ = model_from_checkpoint(args.checkpoint, device)
+    if args.split not in ("val", "test"):
+        raise SystemExit(f"--split must be val or test, got {args.split!r}")
+    datasets = build_data(args.data, args.data_root, image_size=cfg.model.image_size, seed=cfg.train.seed)
+    loader = make_loader(datasets[args.split], cfg.train.batch_size, False, 0, 0, device)
+    metrics = _jsonable(evaluate(model, loader, device))
+    metrics.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.data.replace('+', '_')}_{args.split}.json")
+    out.write_text(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from ssmt_lib.experiments import run_sweep
+
+    table = run_sweep(args.file, keep_going=args.keep_going)
+    print(table.to_string() if table is not None and len(table) else "no finished points")
+    return 0
+
+
+def _workbook(args: argparse.Namespace) -> int:
+    from ssmt_lib.experiments import run_workbook
+
+    run_workbook(names=args.notebooks or None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ssmt_lib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="two-phase training (resumes when --out holds last.pt)")
+    t.add_argument("--preset", default="tiny", help="paper | tiny")
+    t.add_argument("--variant", default=None, help="Table 2 variant, e.g. 1_baseline ... 5_all")
+    t.add_argument("--model", default=None, help="train a baseline instead: unet, resnet50_unet, mtnet, trfe")
+    t.add_argument("--data", default="phantom", help="phantom | tn3k | tg3k | ddti | tn3k+tg3k ...")
+    t.add_argument("--data-root", default=None)
+    t.add_argument("--fold", type=int, default=0)
+    t.add_argument("--phantom-n", type=int, default=None, help="phantom training images")
+    t.add_argument("--unlabeled-dir", default=None, help="extra unlabeled images for phase 1")
+    t.add_argument("--epochs-pretrain", type=int, default=None)
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--max-minutes", type=float, default=None)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--out", required=True, help="run folder (checkpoints, metrics.json, history.csv)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", default="phantom")
+    e.add_argument("--data-root", default=None)
+    e.add_argument("--split", default="test")
+    e.add_argument("--out", default=None, help="metrics JSON path (default: next to the checkpoint)")
+    e.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("sweep", help="papermill parameter sweep from a YAML file")
+    s.add_argument("file")
+    s.add_argument("--keep-going", action="store_true", help="run every point, report failures at the end")
+    s.set_defaults(func=_sweep)
+
+    w = sub.add_parser("workbook", help="execute every notebook into runs/<name>/ and refresh figures/")
+    w.add_argument("notebooks", nargs="*", help="names like 00_data_and_phantom (default: all)")
+    w.set_defaults(func=_workbook)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Batch experiments with papermill: run notebooks with parameters, sweeps over grids, result tables.
+
+A *sweep file* (YAML, see ``params/``) names a notebook, fixed parameters, a grid and a name::
+
+    name: ablation                      # results go to runs/ablation/<point>/
+    notebook: experiment_point.ipynb    # relative to notebooks/
+    parameters: {epochs: 3}             # the same for every point
+    grid:                               # cartesian product; each combination is one point
+      variant: [1_baseline, 2_rec, 3_rec_gland, 4_rec_size, 5_all]
+      seed: [0, 1, 2]
+
+Every point runs the notebook with papermill (``cwd`` = notebooks/, the executed copy and the
+notebook's ``metrics.json`` land in ``runs/<name>/<point>/``; the notebook receives that folder as
+its ``run_dir`` parameter). Finished points (with a ``metrics.json``) are skipped, so a sweep
+resumes. Parameters are checked against the notebook's ``parameters`` cell before anything runs:
+papermill itself only warns about unknown names, here they are errors.
+``aggregate`` collects all ``metrics.json`` into one pandas table, mean +- std over seeds.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+RUNS = ROOT / "runs"
+_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}
+
+
+class SweepError(RuntimeError):
+    """A sweep point failed; the message names the executed notebook and the error."""
+
+
+def notebook_path(notebook: str | Path) -> Path:
+    """Resolve a notebook name ("03_two_phase_training" or a path) to an existing file."""
+    path = Path(notebook)
+    for candidate in (path, NOTEBOOKS / path, NOTEBOOKS / f"{path}.ipynb", path.with_suffix(".ipynb")):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(f"notebook {notebook!r} not found (looked in {NOTEBOOKS})")
+
+
+def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
+    """The names, types and defaults of a notebook's ``parameters`` cell (papermill's inspection)."""
+    import papermill
+
+    path = notebook_path(notebook)
+    params = papermill.inspect_notebook(str(path))
+    if not params:
+        raise ValueError(f"{path} has no cell tagged 'parameters'")
+    return params
+
+
+def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:
+    """Raise if a parameter is not in the notebook's ``parameters`` cell or has the wrong type."""
+    declared = notebook_parameters(notebook)
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(f"unknown parameters {unknown} for {notebook_path(notebook).name}; "
+                         f"it declares {sorted(declared)}")
+    for name, value in parameters.items():
+        type_name = (declared[name].get("inferred_type_name") or "None").split("[")[0]
+        default = declared[name].get("default")
+        expected = _TYPES.get(type_name)
+        if expected is None or value is None or default == "None":
+            continue  # untyped or optional: nothing to check
+        if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+            raise TypeError(f"parameter {name}={value!r} for {notebook_path(notebook).name} must be {type_name}")
+
+
+def run_notebook(notebook: str | Path, run_dir: str | Path, parameters: dict[str, Any] | None = None,
+                 timeout: int | None = None, log_output: bool = False) -> Path:
+    """Execute ``notebook`` with papermill into ``run_dir`` (cwd = the notebook's folder).
+
+    ``run_dir`` is passed as the ``run_dir`` parameter when the notebook declares one. Returns the
+    executed notebook's path. Raises :class:`SweepError` (with that path) when a cell fails.
+    """
+    import papermill
+
+    path = notebook_path(notebook)
+    run_dir = Path(run_dir).resolve()
+    parameters = dict(parameters or {})
+    if "run_dir" in notebook_parameters(path):
+        parameters.setdefault("run_dir", str(run_dir))
+    check_parameters(path, parameters)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    output = run_dir / path.name
+    try:
+        papermill.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(path.parent),
+                                   kernel_name="python3", progress_bar=False, log_output=log_output,
+                                   execution_timeout=timeout)
+    except papermill.PapermillExecutionError as err:
+        raise SweepError(f"{output} failed in cell {err.exec_count}: {err.ename}: {err.evalue}") from err
+    return output
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep file."""
+
+    name: str  # output folder under runs/
+    notebook: str  # notebook to execute per point
+    grid: dict[str, list[Any]]  # parameter -> values (cartesian product)
+    parameters: dict[str, Any] = field(default_factory=dict)  # fixed parameters
+    root: Path = RUNS  # parent of the sweep folder
+
+    @property
+    def out_dir(self) -> Path:
+        return self.root / self.name
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every grid combination merged into the fixed parameters."""
+        keys = list(self.grid)
+        return [dict(self.parameters, **dict(zip(keys, values))) for values in itertools.product(*self.grid.values())]
+
+    def point_name(self, point: dict[str, Any]) -> str:
+        """Folder name of a point from its grid values, e.g. ``variant-2_rec__seed-1``."""
+        parts = [f"{k}-{point[k]}" for k in self.grid]
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "__".join(parts)) or "point"
+
+
+def load_sweep(file: str | Path | dict[str, Any], root: str | Path | None = None) -> Sweep:
+    """Read and validate a sweep YAML file (or an equivalent dict) before anything runs."""
+    if isinstance(file, dict):
+        spec, where = dict(file), "sweep spec"
+    else:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"sweep file {path} does not exist")
+        spec, where = yaml.safe_load(path.read_text()) or {}, str(path)
+    allowed = {"name", "notebook", "grid", "parameters"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; allowed {sorted(allowed)}")
+    for key in ("name", "notebook", "grid"):
+        if key not in spec:
+            raise ValueError(f"{where}: missing key {key!r}")
+    grid = spec["grid"]
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ValueError(f"{where}: grid must map each parameter to a non-empty list of values")
+    sweep = Sweep(name=str(spec["name"]), notebook=str(spec["notebook"]), grid=grid,
+                  parameters=dict(spec.get("parameters") or {}), root=Path(root) if root else RUNS)
+    overlap = sorted(set(sweep.parameters) & set(grid))
+    if overlap:
+        raise ValueError(f"{where}: {overlap} are both fixed parameters and grid keys")
+    for point in sweep.points():
+        check_parameters(sweep.notebook, point)
+    return sweep
+
+
+def run_sweep(file: str | Path | dict[str, Any] | Sweep, keep_going: bool = False, root: str | Path | None = None,
+              progress: bool = True) -> pd.DataFrame:
+    """Run every unfinished point of a sweep, then return :func:`aggregate`'s table.
+
+    Args:
+        file: sweep YAML path, dict or :class:`Sweep`.
+        keep_going: continue after a failed point and raise one :class:`SweepError` listing all
+            failures at the end (default: stop at the first).
+        root: parent folder of the sweep output (default ``runs/``).
+        progress: print one line per point.
+    """
+    sweep = file if isinstance(file, Sweep) else load_sweep(file, root)
+    failures = []
+    for point in sweep.points():
+        point_dir = sweep.out_dir / sweep.point_name(point)
+        if (point_dir / "metrics.json").is_file():
+            if progress:
+                print(f"[skip] {point_dir.name} (finished)")
+            continue
+        start = time.perf_counter()
+        try:
+            run_notebook(sweep.notebook, point_dir, point)
+            if not (point_dir / "metrics.json").is_file():
+                raise SweepError(f"{point_dir / notebook_path(sweep.notebook).name} ran but wrote no metrics.json")
+        except SweepError as err:
+            if not keep_going:
+                raise
+            failures.append(str(err))
+            if progress:
+                print(f"[FAIL] {point_dir.name}: {err}")
+            continue
+        if progress:
+            print(f"[done] {point_dir.name} in {time.perf_counter() - start:.1f} s")
+    if failures:
+        raise SweepError(f"{len(failures)} sweep point(s) failed:\n" + "\n".join(failures))
+    return aggregate(sweep)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+    return flat
+
+
+def collect(sweep: Sweep) -> pd.DataFrame:
+    """One row per finished point: its grid values and every scalar of its ``metrics.json``."""
+    rows = []
+    for point in sweep.points():
+        file = sweep.out_dir / sweep.point_name(point) / "metrics.json"
+        if file.is_file():
+            rows.append({**{k: point[k] for k in sweep.grid}, **_flatten(json.loads(file.read_text()))})
+    return pd.DataFrame(rows)
+
+
+def aggregate(sweep: Sweep, over: str = "seed", write: bool = True) -> pd.DataFrame:
+    """Mean and std of every numeric metric over ``over`` (seeds), grouped by the other grid keys.
+
+    Writes ``summary.csv`` and ``summary.md`` (columns ``<metric> mean`` / ``<metric> std`` and a
+    ``n`` count) into the sweep folder when ``write``.
+    """
+    table = collect(sweep)
+    if table.empty:
+        return table
+    keys = [k for k in sweep.grid if k != over]
+    metrics = [c for c in table.columns if c not in sweep.grid and pd.api.types.is_numeric_dtype(table[c])
+               and not pd.api.types.is_bool_dtype(table[c])]
+    grouped = table.groupby(keys, sort=False) if keys else table.assign(_all="all").groupby("_all")
+    summary = grouped[metrics].agg(["mean", "std"])
+    summary.columns = [f"{m} {stat}" for m, stat in summary.columns]
+    summary.insert(0, "n", grouped.size())
+    if write:
+        sweep.out_dir.mkdir(parents=True, exist_ok=True)
+        summary.to_csv(sweep.out_dir / "summary.csv")
+        (sweep.out_dir / "summary.md").write_text(summary.to_markdown(floatfmt=".4f"))
+    return summary
+
+
+def mean_std(summary: pd.DataFrame, metric: str, digits: int = 3) -> pd.Series:
+    """Format ``<metric> mean`` and ``<metric> std`` columns as "0.812 +- 0.010" strings."""
+    mean, std = summary[f"{metric} mean"], summary[f"{metric} std"].fillna(0.0)
+    return mean.map(lambda v: f"{v:.{digits}f}") + " +- " + std.map(lambda v: f"{v:.{digits}f}")
+
+
+def workbook_notebooks() -> list[Path]:
+    """The numbered walkthrough notebooks, in order."""
+    return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_workbook(names: list[str] | None = None, runs: Path = RUNS) -> list[Path]:
+    """Execute the walkthrough notebooks with their default (CPU) parameters into ``runs/<name>/``.
+
+    The notebooks save their figures into ``figures/``, so this also refreshes them.
+    """
+    selected = workbook_notebooks()
+    if names:
+        wanted = {Path(n).stem for n in names}
+        missing = wanted - {p.stem for p in selected}
+        if missing:
+            raise FileNotFoundError(f"no notebooks named {sorted(missing)} in {NOTEBOOKS}")
+        selected = [p for p in selected if p.stem in wanted]
+    done = []
+    for path in selected:
+        start = time.perf_counter()
+        out_dir = runs / path.stem
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        done.append(run_notebook(path, out_dir))
+        print(f"{path.name}: {time.perf_counter() - start:.0f} s -> {done[-1]}")
+    return done

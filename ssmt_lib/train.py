@@ -1,0 +1,462 @@
+"""Two-phase training of SSMT-Net (paper Sec. 3.3), evaluation and checkpoints.
+
+Phase 1 (unsupervised): only the reconstruction path (encoder + fusion + reconstructor) trains, on
+the unlabeled pool (every training image of every set, never test images), with the Charbonnier
+loss of eq. 13. Optionally random 16x16 patches of the input are blanked (masked-image modelling,
+``train.mask_ratio``; beyond the paper). Phase 2 (supervised): all enabled tasks with eq. 12.
+Each phase has its own Adam optimizer and cosine annealing from ``lr`` to ``min_lr``.
+
+Reliability (DESIGN.md section 6): a checkpoint is written atomically at the end of every epoch
+with model, optimizer, scheduler and RNG state, loadable with ``torch.load(weights_only=True)``.
+The data order of an epoch depends only on (seed, phase, epoch), and the augmentation RNG is
+restored from the checkpoint, so a killed run resumes to the same weights as an unbroken run.
+A non-finite loss stops training with :class:`NonFiniteLossError`; the last good checkpoint stays.
+
+GPU path: bf16 autocast, SDPA attention (the default whenever no weights are recorded),
+channels_last, fused Adam, pinned-memory workers, and DistributedDataParallel under ``torchrun``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+from ssmt_lib.config import Config, from_dict, to_dict
+from ssmt_lib.losses import total_loss
+from ssmt_lib.metrics import SegmentationMeter
+from ssmt_lib.model import build_model
+
+CHECKPOINT = "last.pt"
+BEST = "best.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss is NaN or infinite; the last good checkpoint is kept."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    """CUDA (this process's local rank under torchrun) when available, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def build_data(data: str = "phantom", data_root: str | Path | None = None, image_size: int = 128, fold: int = 0,
+               phantom_n: int = 256, phantom_profile: str = "default", unlabeled_dir: str | Path | None = None,
+               seed: int = 0, label_fraction: float = 1.0) -> dict[str, Dataset]:
+    """Datasets of one run: ``train`` (multi-task, augmented), ``val``, ``test``, ``unlabeled`` (phase 1).
+
+    Args:
+        data: "phantom", one file set ("tn3k", "tg3k", "ddti") or several joined by "+" ("tn3k+tg3k",
+            the paper's setting: nodule images and gland images in one training set). The first set
+            with nodule masks provides ``val`` and ``test``.
+        data_root: the set's folder (one set) or the parent of ``tn3k/``, ``tg3k/`` ... (several).
+        image_size: training/eval side in pixels.
+        fold: TN3K fold.
+        phantom_n: phantom training images (val and test get a quarter each).
+        phantom_profile: phantom scanner profile name.
+        unlabeled_dir: optional extra folder of unlabeled images for phase 1.
+        seed: phantom seed and seed of the labelled subset.
+        label_fraction: keep the masks of this share of training images (a seeded subset); all of
+            them stay in the phase-1 pool.
+    """
+    from ssmt_lib.data import build_dataset, build_training_set, unlabeled_pool
+
+    names = [n.strip() for n in data.split("+") if n.strip()]
+    if not names:
+        raise ValueError(f"data={data!r} names no dataset")
+    train_sets, evals = [], {}
+    for name in names:
+        if name == "phantom":
+            kw = dict(image_size=image_size, seed=seed, profile=phantom_profile)
+            train_sets.append(build_dataset("phantom", split="train", n=phantom_n, augment=True, **kw))
+            if not evals:
+                evals = {s: build_dataset("phantom", split=s, n=max(phantom_n // 4, 8), **kw) for s in ("val", "test")}
+            continue
+        if data_root is None:
+            raise ValueError(f"data={data!r} needs data_root (the folder holding {name})")
+        root = Path(data_root) / name if len(names) > 1 else Path(data_root)
+        train_sets.append(build_dataset(name, root=root, split="train", fold=fold, image_size=image_size, augment=True))
+        if not evals and name != "tg3k":
+            evals = {s: build_dataset(name, root=root, split=s, fold=fold, image_size=image_size) for s in ("val", "test")}
+    if not evals:
+        raise ValueError(f"data={data!r} has no nodule-labelled set to validate and test on")
+    pools = list(train_sets)
+    if unlabeled_dir is not None:
+        pools.append(build_dataset("unlabeled", image_dir=unlabeled_dir, image_size=image_size, augment=True))
+    train = build_training_set(train_sets)
+    if label_fraction < 1.0:
+        keep = max(1, round(label_fraction * len(train)))
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        train = Subset(train, sorted(order[:keep].tolist()))
+    return {"train": train, "unlabeled": unlabeled_pool(pools), **evals}
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                device: torch.device | None = None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader whose order depends only on ``seed`` (and the sampler's epoch under DDP)."""
+    cuda = device is not None and device.type == "cuda"
+    sampler = None
+    if dist.is_available() and dist.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        shuffle = False
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
+                      pin_memory=cuda, drop_last=drop_last, persistent_workers=False,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    """Move tensors of a batch to ``device`` (float sizes, optional channels_last images)."""
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=True)
+            if k == "size":
+                v = v.float()
+            if k == "image" and channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def mask_patches(images: Tensor, ratio: float, patch: int = 16) -> Tensor:
+    """Masked-image modelling input: blank a random ``ratio`` of ``patch`` x ``patch`` squares."""
+    if ratio <= 0:
+        return images
+    b, _, h, w = images.shape
+    keep = (torch.rand(b, 1, h // patch, w // patch, device=images.device) >= ratio).to(images.dtype)
+    return images * nn.functional.interpolate(keep, size=(h, w), mode="nearest")  # (B, C, H, W)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: to a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no pickled code), naming the file on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt/truncated/foreign files
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)), "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict]:
+    """Rebuild the model of a checkpoint (``best.pt`` or ``last.pt``) with its weights; eval mode."""
+    ckpt = load_checkpoint(path)
+    cfg = from_dict(ckpt["config"])
+    name = ckpt.get("model_name")
+    model = build_model(name, image_size=cfg.model.image_size) if name else build_model(config=cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), cfg, ckpt
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None = None,
+             compute_hd95: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Metrics of ``model`` on ``loader``: per task a ``SegmentationMeter.compute()`` dict, plus size MAE.
+
+    Only images labelled for a task count for it. Returns ``{"nodule": {...}, "gland": {...},
+    "size_mae": float, "rows": {task: per-image rows}}``.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    tasks = getattr(model, "tasks", ("nodule",))
+    meters = {t: SegmentationMeter(compute_hd95=compute_hd95) for t in tasks}
+    size_err, size_n = 0.0, 0
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        batch = to_device(batch, device)
+        out = model(batch["image"])
+        for t in tasks:
+            valid = batch[f"has_{t}"].bool()
+            if valid.any():
+                meters[t].update(out.logits(t).float(), batch[f"{t}_mask"], valid_mask=valid, ids=batch["id"])
+        if out.size is not None and batch["has_nodule"].any():
+            keep = batch["has_nodule"].bool()
+            size_err += (out.size.float()[keep] - batch["size"][keep]).abs().sum().item()
+            size_n += int(keep.sum())
+    model.train(was_training)
+    result: dict[str, Any] = {t: m.compute() for t, m in meters.items() if m.rows}
+    result["rows"] = {t: m.rows for t, m in meters.items() if m.rows}
+    result["size_mae"] = size_err / size_n if size_n else float("nan")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns."""
+
+    model: nn.Module  # the model after the last epoch (best weights are in best.pt)
+    history: list[dict[str, Any]]  # one record per epoch (both phases)
+    best: dict[str, Any]  # {"epoch", "val_nodule_dice"} of the selected checkpoint
+    out_dir: Path | None  # run folder (checkpoints, metrics.json, history.csv) or None
+    test: dict[str, Any] = field(default_factory=dict)  # test metrics of the best checkpoint
+    stopped_early: bool = False  # max_minutes reached
+
+
+def _optimizer(model: nn.Module, cfg: Config, epochs: int, steps_per_epoch: int, device: torch.device):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                           fused=device.type == "cuda")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch),
+                                                       eta_min=cfg.train.min_lr)
+    return opt, sched
+
+
+def _is_main() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None, out_dir: str | Path | None = None,
+        model_name: str | None = None, datasets: dict[str, Dataset] | None = None,
+        callbacks: tuple[Callable[[dict[str, Any]], None], ...] = (), device: torch.device | None = None,
+        progress: bool = True, evaluate_test: bool = True, init_checkpoint: str | Path | None = None,
+        **data_options: Any) -> TrainResult:
+    """Train phase 1 then phase 2; resume from ``out_dir/last.pt`` when it exists.
+
+    Args:
+        cfg: validated configuration (``make_config``).
+        data, data_root, **data_options: passed to :func:`build_data` (ignored when ``datasets`` is given).
+        out_dir: run folder; None keeps everything in memory (no resume).
+        model_name: a baseline name ("unet", "trfe", ...) instead of SSMT-Net; phase 1 is skipped
+            for models without a reconstructor.
+        datasets: ready datasets with keys train, val, unlabeled (and optionally test).
+        callbacks: called with each epoch's record (a dict) after it is logged.
+        device: default CUDA if available, else CPU.
+        progress: tqdm bars.
+        evaluate_test: evaluate ``best.pt`` on the test split at the end.
+        init_checkpoint: start from these weights (e.g. a model trained on another dataset);
+            with ``train.freeze_encoder`` only the decoders and heads are fine-tuned.
+
+    Returns:
+        :class:`TrainResult`.
+    """
+    t_cfg = cfg.train
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = device or default_device()
+    cuda = device.type == "cuda"
+    seed_everything(t_cfg.seed)
+    model = build_model(model_name, image_size=cfg.model.image_size) if model_name else build_model(config=cfg)
+    if init_checkpoint is not None:
+        model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
+    if t_cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    model = model.to(device)
+    if t_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    raw_model = model
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None,
+                                                    find_unused_parameters=True)
+    if datasets is None:
+        datasets = build_data(data, data_root, image_size=cfg.model.image_size, seed=t_cfg.seed,
+                              label_fraction=t_cfg.label_fraction, **data_options)
+    out = Path(out_dir) if out_dir is not None else None
+    workers = t_cfg.num_workers
+
+    history: list[dict[str, Any]] = []
+    best = {"epoch": -1, "val_nodule_dice": -1.0}
+    start_phase, start_epoch, resume = 1, 0, None
+    if out is not None and (out / CHECKPOINT).is_file():
+        resume = load_checkpoint(out / CHECKPOINT, map_location=device)
+        raw_model.load_state_dict(resume["model"])
+        history, best = resume["history"], resume["best"]
+        start_phase, start_epoch = resume["next_phase"], resume["next_epoch"]
+        _set_rng_state(resume["rng"])
+    has_recon = "recon" in getattr(raw_model, "heads", ())
+    phases = [(1, t_cfg.epochs_pretrain if has_recon else 0), (2, t_cfg.epochs)]
+    t0 = time.perf_counter()
+    stopped_early = False
+    for phase, epochs in phases:
+        if phase < start_phase or epochs == 0:
+            continue
+        pool = datasets["unlabeled" if phase == 1 else "train"]
+        steps = math.ceil(len(pool) / t_cfg.batch_size)
+        opt, sched = _optimizer(raw_model, cfg, epochs, steps, device)
+        first = start_epoch if phase == start_phase else 0
+        if resume is not None and phase == resume["phase"] and "optimizer" in resume and first > 0:
+            opt.load_state_dict(resume["optimizer"])
+            sched.load_state_dict(resume["scheduler"])
+        for epoch in range(first, epochs):
+            loader = make_loader(pool, t_cfg.batch_size, True, seed=t_cfg.seed * 100_003 + phase * 1009 + epoch,
+                                 num_workers=workers, device=device)
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
+            record = _train_epoch(model, raw_model, loader, opt, sched, cfg, phase, epoch, device, progress, out)
+            if phase == 2 and _is_main():
+                val = evaluate(raw_model, make_loader(datasets["val"], t_cfg.batch_size, False, 0, workers, device),
+                               device, compute_hd95=False)
+                record["val_nodule_dice"] = val.get("nodule", {}).get("dice_mean", float("nan"))
+                record["val_nodule_iou"] = val.get("nodule", {}).get("iou_mean", float("nan"))
+                if "gland" in val:
+                    record["val_gland_dice"] = val["gland"]["dice_mean"]
+                if record["val_nodule_dice"] > best["val_nodule_dice"]:
+                    best = {"epoch": epoch, "val_nodule_dice": record["val_nodule_dice"]}
+                    if out is not None:
+                        save_checkpoint(out / BEST, _state(raw_model, cfg, model_name, history + [record], best))
+            history.append(record)
+            last = epoch == epochs - 1
+            next_phase, next_epoch = (phase + 1, 0) if last else (phase, epoch + 1)
+            if out is not None and _is_main():
+                save_checkpoint(out / CHECKPOINT, _state(raw_model, cfg, model_name, history, best, phase=phase,
+                                                         next_phase=next_phase, next_epoch=next_epoch, opt=opt,
+                                                         sched=sched))
+                write_history(out, history)
+            for cb in callbacks:
+                cb(record)
+            if t_cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 > t_cfg.max_minutes:
+                stopped_early = True
+                break
+        if stopped_early:
+            break
+    result = TrainResult(model=raw_model, history=history, best=best, out_dir=out, stopped_early=stopped_early)
+    if evaluate_test and not stopped_early and "test" in datasets and _is_main():
+        eval_model = raw_model
+        if out is not None and (out / BEST).is_file():
+            eval_model, _, _ = model_from_checkpoint(out / BEST, device)
+        result.test = evaluate(eval_model, make_loader(datasets["test"], t_cfg.batch_size, False, 0, workers, device), device)
+    if out is not None and _is_main():
+        write_metrics(out / "metrics.json", cfg, history, best, result.test, model_name)
+    return result
+
+
+def _state(model: nn.Module, cfg: Config, model_name: str | None, history: list, best: dict, phase: int = 2,
+           next_phase: int = 3, next_epoch: int = 0, opt=None, sched=None) -> dict[str, Any]:
+    state = {"model": model.state_dict(), "config": to_dict(cfg), "model_name": model_name, "history": history,
+             "best": best, "phase": phase, "next_phase": next_phase, "next_epoch": next_epoch, "rng": _rng_state()}
+    if opt is not None:
+        state["optimizer"], state["scheduler"] = opt.state_dict(), sched.state_dict()
+    return state
+
+
+def _train_epoch(model: nn.Module, raw_model: nn.Module, loader: DataLoader, opt, sched, cfg: Config, phase: int,
+                 epoch: int, device: torch.device, progress: bool, out: Path | None) -> dict[str, Any]:
+    """One epoch; returns the mean of each loss part, lr, images/s."""
+    t_cfg = cfg.train
+    cuda = device.type == "cuda"
+    model.train()
+    heads = ("recon",) if phase == 1 else None
+    sums: dict[str, float] = {}
+    n_images, t0 = 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"phase {phase} epoch {epoch + 1}", leave=False, disable=not progress)
+    for step, batch in enumerate(bar):
+        batch = to_device(batch, device, channels_last=t_cfg.channels_last)
+        images = batch["image"]
+        if phase == 1:
+            images = mask_patches(images, t_cfg.mask_ratio)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and t_cfg.amp):
+            out = model(images, heads=heads) if heads else model(images)
+        loss, parts = total_loss(out, batch, cfg.loss, phase=phase)
+        if not torch.isfinite(loss):
+            where = f" in {out / CHECKPOINT}" if out is not None and (out / CHECKPOINT).is_file() else ""
+            raise NonFiniteLossError(
+                f"non-finite loss {parts} at phase {phase}, epoch {epoch + 1}, step {step}; training stopped. "
+                f"The last good checkpoint{where or ' (none written yet)'} is kept; lower train.lr or check the data.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t_cfg.grad_clip:
+            nn.utils.clip_grad_norm_(raw_model.parameters(), t_cfg.grad_clip)
+        opt.step()
+        sched.step()
+        n_images += images.shape[0]
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v * images.shape[0]
+        bar.set_postfix(loss=f"{parts['loss']:.4f}")
+    seconds = time.perf_counter() - t0
+    record = {"phase": phase, "epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 3),
+              "images_per_s": n_images / max(seconds, 1e-9)}
+    record.update({k: v / max(n_images, 1) for k, v in sums.items()})
+    return record
+
+
+def write_history(out: Path, history: list[dict[str, Any]]) -> None:
+    """``history.csv``: one row per epoch, a column per logged value."""
+    keys = sorted({k for r in history for k in r}, key=lambda k: (k not in ("phase", "epoch"), k))
+    tmp = out / "history.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, out / "history.csv")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items() if k != "rows"}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (np.floating, np.integer)):
+        return _jsonable(obj.item())
+    return obj
+
+
+def write_metrics(path: Path, cfg: Config, history: list, best: dict, test: dict, model_name: str | None = None) -> None:
+    """``metrics.json``: config, per-epoch history, best epoch and test metrics (NaN written as null)."""
+    data = {"config": to_dict(cfg), "model_name": model_name or "ssmt", "history": history, "best": best,
+            "test": test}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=1))
+    os.replace(tmp, path)

@@ -1,0 +1,32 @@
+"""Plotting for the workbook: pure functions that return a matplotlib ``Figure`` (no pyplot state).
+
+``ssmt_lib.viz.attention`` looks inside the model (tokens, attention maps, query masks, rollout);
+data and training views live in their own submodules. Everything public is re-exported here::
+
+    from ssmt_lib.viz import record_attention, show_attention_heads, attention_rollout
+"""
+from ssmt_lib.viz.attention import (
+    attention_rollout,
+    level_grid,
+    pos_embed_similarity,
+    query_attention,
+    record_attention,
+    record_attention_masks,
+    show_attention_heads,
+    show_attention_map,
+    show_coarse_to_fine,
+    show_feature_maps,
+    show_overlays,
+    show_patch_grid,
+    show_pos_embed_similarity,
+    show_query_masks,
+    show_token_grid,
+    vit_attention,
+)
+
+__all__ = [
+    "attention_rollout", "level_grid", "pos_embed_similarity", "query_attention", "record_attention",
+    "record_attention_masks", "show_attention_heads", "show_attention_map", "show_coarse_to_fine",
+    "show_feature_maps", "show_overlays", "show_patch_grid", "show_pos_embed_similarity", "show_query_masks",
+    "show_token_grid", "vit_attention",
+]
