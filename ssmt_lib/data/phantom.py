@@ -892,7 +892,7 @@ def _render_nodule(cv: _Canvas, n: _Nodule, view: _View) -> np.ndarray | None:
 
 
 def _add_artifacts(cv: _Canvas, img: np.ndarray, view: _View) -> None:
-    """Artefacts that live after attenuation: tracheal reverberations and comet tails."""
+    """Artefacts added after attenuation: tracheal reverberations, echogenic specks, comet tails."""
     S = cv.size
     for item in cv.after:
         if item[0] == "reverb":

@@ -1,0 +1,181 @@
+"""All speed figures of DESIGN.md section 5, printed as one JSON object (``make bench``).
+
+- phantom: images/s at 224 px on one core, all annotations (``bench_phantom.py``, own process so
+  its one-thread setting holds).
+- tiny_step: the ``tiny`` preset's training step (forward, eq. 12 loss, backward, Adam) at 128 px on
+  2 threads, images/s (goal >= 25).
+- paper_ratio: the ``paper`` preset's forward+backward time divided by the bare timm
+  ``vit_base_r50_s16_224`` encoder's (``forward_features``), same process, same batch (goal <= 1.6);
+  once with a plain sum of outputs as the loss and once with the real eq. 12 loss.
+- train_loop: ``fit`` on the phantom for one epoch, data loading included, images/s.
+- gpu (only when CUDA is present): paper training images/s and peak memory at batch 32, with and
+  without bf16 autocast + fused attention.
+
+Speed goals are read from this output, never asserted in tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def _batch(n: int, image_size: int) -> dict:
+    from ssmt_lib.data import build_dataset
+
+    ds = build_dataset("phantom", split="train", n=max(n, 8), image_size=image_size)
+    batch = torch.utils.data.default_collate([ds[i % len(ds)] for i in range(n)])
+    batch["size"] = batch["size"].float()
+    return batch
+
+
+def _time(fn, repeats: int, warmup: int = 1, sync=lambda: None) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeats
+
+
+def bench_phantom() -> dict:
+    out = subprocess.run([sys.executable, str(HERE / "bench_phantom.py")], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def bench_tiny_step(batch_size: int = 16, threads: int = 2, repeats: int = 5) -> dict:
+    from ssmt_lib.config import make_config
+    from ssmt_lib.losses import total_loss
+    from ssmt_lib.model import build_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = make_config("tiny")
+    model = build_model(config=cfg).to(memory_format=torch.channels_last)
+    batch = _batch(batch_size, cfg.model.image_size)
+    images = batch["image"].contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+
+    def step():
+        loss, _ = total_loss(model(images), batch, cfg.loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    seconds = _time(step, repeats)
+    return {"tiny_step_images_per_s": batch_size / seconds, "batch_size": batch_size, "image_size": cfg.model.image_size,
+            "threads": threads, "goal": 25}
+
+
+def bench_paper_ratio(batch_size: int = 2, repeats: int = 2, device: str = "cpu") -> dict:
+    import timm
+
+    from ssmt_lib.config import make_config
+    from ssmt_lib.losses import total_loss
+    from ssmt_lib.model import build_model
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    cfg = make_config("paper")
+    model = build_model(config=cfg).to(dev)
+    encoder = timm.create_model("vit_base_r50_s16_224", pretrained=False, num_classes=0).to(dev)
+    batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in _batch(batch_size, 224).items()}
+    x = batch["image"]
+
+    def enc_step():
+        encoder.forward_features(x).float().mean().backward()
+
+    def ssmt_plain():
+        out = model(x)
+        parts = [out.nodule_logits, out.gland_logits, out.recon, out.size, out.nodule_aux_logits, out.gland_aux_logits]
+        parts += [p.mask_logits for t in model.tasks for p in out.queries(t)]
+        sum(p.float().mean() for p in parts).backward()
+
+    def ssmt_loss():
+        total_loss(model(x), batch, cfg.loss)[0].backward()
+
+    t_enc = _time(enc_step, repeats, sync=sync)
+    t_plain = _time(ssmt_plain, repeats, sync=sync)
+    t_loss = _time(ssmt_loss, repeats, sync=sync)
+    t_enc2 = _time(enc_step, repeats, sync=sync)  # again, so drift on a shared machine shows
+    t_enc = min(t_enc, t_enc2)
+    return {"paper_ratio": t_plain / t_enc, "paper_ratio_with_loss": t_loss / t_enc, "encoder_s": t_enc,
+            "ssmt_s": t_plain, "ssmt_with_loss_s": t_loss, "batch_size": batch_size, "device": device, "goal": 1.6}
+
+
+def bench_train_loop(phantom_n: int = 64, threads: int = 2) -> dict:
+    from ssmt_lib.config import make_config
+    from ssmt_lib.train import fit
+
+    torch.set_num_threads(threads)
+    cfg = make_config("tiny", epochs_pretrain=0, epochs=1, batch_size=16)
+    result = fit(cfg, data="phantom", phantom_n=phantom_n, progress=False, evaluate_test=False, device=torch.device("cpu"))
+    record = result.history[-1]
+    return {"train_loop_images_per_s": record["images_per_s"], "images": phantom_n, "threads": threads,
+            "includes": "phantom rendering + augmentation + step, num_workers=0"}
+
+
+def bench_gpu(batch_size: int = 32, steps: int = 10) -> dict:
+    from ssmt_lib.config import make_config
+    from ssmt_lib.embed import set_fused_attn
+    from ssmt_lib.losses import total_loss
+    from ssmt_lib.model import build_model
+
+    results = {}
+    dev = torch.device("cuda")
+    batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in _batch(batch_size, 224).items()}
+    for name, fast in (("bf16_fused", True), ("fp32_explicit", False)):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        cfg = make_config("paper")
+        model = build_model(config=cfg).to(dev).to(memory_format=torch.channels_last)
+        set_fused_attn(model, fast)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        x = batch["image"].contiguous(memory_format=torch.channels_last)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast):
+                out = model(x)
+            loss, _ = total_loss(out, batch, cfg.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        seconds = _time(step, steps, warmup=2, sync=torch.cuda.synchronize)
+        results[name] = {"images_per_s": batch_size / seconds,
+                         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+        del model, opt
+    results["device_name"] = torch.cuda.get_device_name()
+    results["paper_ratio_gpu"] = bench_paper_ratio(batch_size=batch_size, repeats=5, device="cuda")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=["phantom", "tiny_step", "paper_ratio", "train_loop", "gpu"])
+    args = parser.parse_args(argv)
+    benches = {"phantom": bench_phantom, "tiny_step": bench_tiny_step, "paper_ratio": bench_paper_ratio,
+               "train_loop": bench_train_loop}
+    if torch.cuda.is_available():
+        benches["gpu"] = bench_gpu
+    report = {"torch": torch.__version__, "cpu_threads_available": torch.get_num_threads()}
+    for name, fn in benches.items():
+        if args.only and name not in args.only:
+            continue
+        report[name] = fn()
+        print(f"{name}: done", file=sys.stderr)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

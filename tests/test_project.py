@@ -1,0 +1,60 @@
+"""Project-level checks: packaging agrees with conda, notebooks follow the workbook's conventions."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ \[]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_lists_the_pyproject_dependencies():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    conda_side = sorted(_name(p) for p in pip if not p.startswith("-e"))
+    assert conda_side == sorted(_name(d) for d in deps)
+    assert dict((_name(d), d) for d in deps) == dict((_name(p), p) for p in pip if not p.startswith("-e"))
+
+
+def test_torch_has_no_upper_pin():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_req = next(d for d in deps if _name(d) == "torch")
+    assert "<" not in torch_req and "==" not in torch_req
+
+
+def test_ci_calls_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make workbook" in readme
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_notebooks_exist():
+    names = {p.stem[:2] for p in NOTEBOOKS}
+    assert {"00", "01", "02", "03", "04", "05", "06"} <= names, names
+
+
+def test_notebook_conventions():
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        assert nb["metadata"]["kernelspec"]["name"] == "python3", path
+        cells = nb["cells"]
+        params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(params) == 1, f"{path}: needs exactly one 'parameters' cell"
+        code = [c for c in cells if c["cell_type"] == "code"]
+        assert all(c.get("outputs") is not None for c in code)
+        assert any(c.get("outputs") for c in code), f"{path} is stored without outputs"
+        for c in code:
+            for out in c.get("outputs", []):
+                assert out.get("output_type") != "error", f"{path} is stored with an error output"
+        if path.stem[:2].isdigit():
+            text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+            assert "Summary" in text and "Exercise" in text, f"{path}: needs a summary and exercises"
