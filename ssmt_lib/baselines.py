@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import coerce_value
 from .outputs import ModelOutput
 
 # TRFE-Net loss: L = Dice(nodule) + TRFE_GLAND_WEIGHT * Dice(gland) (Gong et al. 2021; the reference
@@ -110,22 +110,6 @@ def _resolve_name(name: str) -> tuple[str, dict[str, Any]]:
     raise KeyError(f"unknown baseline {name!r}; choose one of {list(BASELINE_NAMES) + list(ALIASES)}")
 
 
-def _check_type(key: str, value: Any, annotation: Any) -> Any:
-    """Check one override against its field annotation (lists are accepted for tuples)."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        annotation = next(a for a in args if a is not type(None))
-    if typing.get_origin(annotation) is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise TypeError(f"baseline config {key} must be a list of ints, got {value!r}")
-        return tuple(value)
-    if (annotation is int and isinstance(value, bool)) or not isinstance(value, annotation):
-        raise TypeError(f"baseline config {key} must be {annotation.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
 def validate_baseline_config(cfg: BaselineConfig) -> BaselineConfig:
     """Raise if ``cfg`` names an unknown model, sets a field its model ignores, or cannot be built.
 
@@ -180,7 +164,7 @@ def make_baseline_config(name: str, size: str = "tiny", **overrides: Any) -> Bas
     for key, value in overrides.items():
         if key not in hints:
             raise KeyError(f"unknown baseline override {key!r}; valid: {sorted(k for k in hints if k != 'name')}")
-        overrides[key] = _check_type(key, value, hints[key])
+        overrides[key] = coerce_value(f"baseline config {key}", value, hints[key])
         if key in fixed and overrides[key] != fixed[key]:
             raise ValueError(f"baseline {name!r} fixes {key}={fixed[key]!r}; got {key}={value!r} (use name {canonical!r})")
     values = {**BASELINE_PRESETS[size][canonical], **fixed, **overrides}

@@ -173,7 +173,7 @@ def _resolve_key(key: str) -> tuple[str, str]:
     return owners[0], key
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
+def coerce_value(key: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field annotation; accept ints for floats and lists for tuples."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -181,15 +181,15 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return None
         annotation = next(a for a in args if a is not type(None))
     if value is None:
-        raise TypeError(f"config {key} may not be None")
+        raise TypeError(f"{key} may not be None")
     if typing.get_origin(annotation) is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise TypeError(f"config {key} must be a list of ints, got {value!r}")
+            raise TypeError(f"{key} must be a list of ints, got {value!r}")
         return tuple(value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is int and isinstance(value, bool) or not isinstance(value, annotation):
-        raise TypeError(f"config {key} must be {annotation.__name__}, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{key} must be {annotation.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -241,7 +241,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         section, name = _resolve_key(key)
         obj = getattr(cfg, section)
         annotation = typing.get_type_hints(type(obj))[name]
-        setattr(obj, name, _coerce(f"{section}.{name}", value, annotation))
+        setattr(obj, name, coerce_value(f"config {section}.{name}", value, annotation))
     return cfg
 
 
