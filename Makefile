@@ -4,6 +4,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 WORKERS ?= 2
+# Kernels started by papermill/nbval must find this environment's python first.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install workbook test bench clean
 
@@ -24,7 +26,7 @@ workbook: install
 # One BLAS thread per worker: two workers with two threads each on two cores thrash.
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile tests
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval-lax --nbval-cell-timeout=300 \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval-lax --nbval-current-env --nbval-cell-timeout=300 \
 		notebooks/[0-9][0-9]_*.ipynb
 
 # Speed figures as JSON (phantom throughput, model steps, training loop).

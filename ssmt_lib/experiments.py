@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,7 @@ def run_notebook(notebook: str | Path, run_dir: str | Path, parameters: dict[str
     check_parameters(path, parameters)
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / path.name
+    _kernel_uses_this_python()
     try:
         papermill.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(path.parent),
                                    kernel_name="python3", progress_bar=False, log_output=log_output,
@@ -101,6 +104,13 @@ def run_notebook(notebook: str | Path, run_dir: str | Path, parameters: dict[str
     except papermill.PapermillExecutionError as err:
         raise SweepError(f"{output} failed in cell {err.exec_count}: {err.ename}: {err.evalue}") from err
     return output
+
+
+def _kernel_uses_this_python() -> None:
+    """The "python3" kernelspec starts ``python`` from PATH; make that this interpreter (a venv may not be on PATH)."""
+    here = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != here:
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
 
 
 @dataclass
