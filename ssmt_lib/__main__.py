@@ -33,7 +33,7 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     from ssmt_lib.config import make_config
-    from ssmt_lib.train import fit
+    from ssmt_lib.train import is_main_process, jsonable, fit
 
     overrides = _parse_sets(args.set)
     if args.epochs is not None:
@@ -54,12 +54,13 @@ def _train(args: argparse.Namespace) -> int:
                  progress=not args.no_progress, fold=args.fold, **data_options)
     summary = {"out": str(args.out), "best": result.best, "stopped_early": result.stopped_early,
                "test_nodule": {k: v for k, v in result.test.get("nodule", {}).items() if k.endswith(("mean", "std"))}}
-    print(json.dumps(summary, indent=1, default=str))
+    if is_main_process():
+        print(json.dumps(jsonable(summary), indent=1, default=str))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ssmt_lib.train import _jsonable, build_data, default_device, evaluate, make_loader, model_from_checkpoint
+    from ssmt_lib.train import jsonable, build_data, default_device, evaluate, make_loader, model_from_checkpoint
 
     device = default_device()
     model, cfg, _ = model_from_checkpoint(args.checkpoint, device)
@@ -67,7 +68,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SystemExit(f"--split must be val or test, got {args.split!r}")
     datasets = build_data(args.data, args.data_root, image_size=cfg.model.image_size, seed=cfg.train.seed)
     loader = make_loader(datasets[args.split], cfg.train.batch_size, False, 0, 0, device)
-    metrics = _jsonable(evaluate(model, loader, device))
+    metrics = jsonable(evaluate(model, loader, device))
     metrics.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.data.replace('+', '_')}_{args.split}.json")
     out.write_text(json.dumps(metrics, indent=1))

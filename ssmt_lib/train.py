@@ -262,7 +262,7 @@ def _optimizer(model: nn.Module, cfg: Config, epochs: int, steps_per_epoch: int,
     return opt, sched
 
 
-def _is_main() -> bool:
+def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
@@ -344,7 +344,7 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
             record = _train_epoch(model, raw_model, loader, opt, sched, cfg, phase, epoch, device, progress, out)
-            if phase == 2 and _is_main():
+            if phase == 2 and is_main_process():
                 val = evaluate(raw_model, make_loader(datasets["val"], t_cfg.batch_size, False, 0, workers, device),
                                device, compute_hd95=False)
                 record["val_nodule_dice"] = val.get("nodule", {}).get("dice_mean", float("nan"))
@@ -358,7 +358,7 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
             history.append(record)
             last = epoch == epochs - 1
             next_phase, next_epoch = (phase + 1, 0) if last else (phase, epoch + 1)
-            if out is not None and _is_main():
+            if out is not None and is_main_process():
                 save_checkpoint(out / CHECKPOINT, _state(raw_model, cfg, model_name, history, best, phase=phase,
                                                          next_phase=next_phase, next_epoch=next_epoch, opt=opt,
                                                          sched=sched))
@@ -371,12 +371,12 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
         if stopped_early:
             break
     result = TrainResult(model=raw_model, history=history, best=best, out_dir=out, stopped_early=stopped_early)
-    if evaluate_test and not stopped_early and "test" in datasets and _is_main():
+    if evaluate_test and not stopped_early and "test" in datasets and is_main_process():
         eval_model = raw_model
         if out is not None and (out / BEST).is_file():
             eval_model, _, _ = model_from_checkpoint(out / BEST, device)
         result.test = evaluate(eval_model, make_loader(datasets["test"], t_cfg.batch_size, False, 0, workers, device), device)
-    if out is not None and _is_main():
+    if out is not None and is_main_process():
         write_metrics(out / "metrics.json", cfg, history, best, result.test, model_name)
     return result
 
@@ -441,15 +441,16 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> None:
     os.replace(tmp, out / "history.csv")
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """Nested metrics as strict JSON values: NaN/inf become None, numpy scalars Python numbers, per-image rows dropped."""
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items() if k != "rows"}
+        return {k: jsonable(v) for k, v in obj.items() if k != "rows"}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, (np.floating, np.integer)):
-        return _jsonable(obj.item())
+        return jsonable(obj.item())
     return obj
 
 
@@ -458,5 +459,5 @@ def write_metrics(path: Path, cfg: Config, history: list, best: dict, test: dict
     data = {"config": to_dict(cfg), "model_name": model_name or "ssmt", "history": history, "best": best,
             "test": test}
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=1))
+    tmp.write_text(json.dumps(jsonable(data), indent=1))
     os.replace(tmp, path)
