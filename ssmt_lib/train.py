@@ -406,8 +406,8 @@ def _train_epoch(model: nn.Module, raw_model: nn.Module, loader: DataLoader, opt
         if phase == 1:
             images = mask_patches(images, t_cfg.mask_ratio)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and t_cfg.amp):
-            out = model(images, heads=heads) if heads else model(images)
-        loss, parts = total_loss(out, batch, cfg.loss, phase=phase)
+            output = model(images, heads=heads) if heads else model(images)  # not `out`: that is the run folder
+        loss, parts = total_loss(output, batch, cfg.loss, phase=phase)
         if not torch.isfinite(loss):
             where = f" in {out / CHECKPOINT}" if out is not None and (out / CHECKPOINT).is_file() else ""
             raise NonFiniteLossError(

@@ -258,7 +258,7 @@ def show_patch_grid(image: ArrayLike, patch_size: int) -> Figure:
     c = chans.shape[-1]
     crop = chans[: h * patch_size, : w * patch_size].transpose(2, 0, 1)  # (C, h*P, w*P)
     seq = crop.reshape(c, h, patch_size, w, patch_size).transpose(1, 3, 0, 2, 4).reshape(h * w, -1)  # (N, C*P*P)
-    fig = Figure(figsize=(8.5, 4), layout="constrained")
+    fig = Figure(figsize=(7.5, 3.4), layout="constrained")
     ax, ax_seq = fig.subplots(1, 2, width_ratios=[1, 1.15])
     _draw_image(ax, img)
     for k in range(h + 1):
@@ -486,7 +486,7 @@ def show_coarse_to_fine(image: ArrayLike, mask_logits: Sequence[ArrayLike], allo
     """Coarse-to-fine masked cross-attention (eq. 4-6) of one query, one row per decoder layer t.
 
     Columns: the mask Z_{t-1} the layer starts from; the eq. 6 attention mask built from it at the
-    layer's level resolution (white = may attend); the layer's cross-attention weights (mean over
+    layer's level resolution, over the image (light = may attend, dark = blocked); the layer's cross-attention weights (mean over
     heads); the mask Z_t after the layer.
 
     Args:
@@ -522,7 +522,7 @@ def show_coarse_to_fine(image: ArrayLike, mask_logits: Sequence[ArrayLike], allo
             m = _np(allowed[t])
             m = (m[0] if m.ndim == 3 else m)[query].reshape(grid)  # (h, w): heads share the mask
             note = f"{int(m.sum())}/{m.size} allowed"
-        axes[t, 1].imshow(m, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        _overlay(axes[t, 1], img, m, vmax=1, cmap="gray", alpha=0.55, contour=contour)
         axes[t, 1].set_title(f"eq. 6 mask {grid[0]}x{grid[1]}: {note}", fontsize=8)
         _overlay(axes[t, 2], img, a[query].reshape(grid), contour=contour)
         axes[t, 2].set_title(f"cross-attention, layer {t + 1}", fontsize=8)
