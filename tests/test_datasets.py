@@ -225,6 +225,13 @@ def test_bad_inputs_name_the_path(tmp_path):
     mask.rename(mask.with_suffix(".bak"))
     _raises_with_path(root / "trainval-image" / "0002.jpg", build, split="trainval")
     mask.with_suffix(".bak").rename(mask)
+    # a mask without its image (e.g. a deleted or misnamed image) is reported, not dropped
+    orphan = root / "trainval-mask" / "0099.jpg"
+    orphan.write_bytes(mask.read_bytes())
+    _raises_with_path(orphan, build, split="trainval")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        assert build(split="trainval", skip_bad=True).num_skipped == 1
+    orphan.unlink()
     # unreadable image (not an image at all)
     bad = root / "trainval-image" / "0003.jpg"
     good_bytes = bad.read_bytes()

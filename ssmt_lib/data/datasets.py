@@ -488,8 +488,10 @@ def _fraction_split(records: list[Record], split: str, val_fraction: float, test
 # ----------------------------------------------------------------------------- builders
 
 def _pair_records(images: list[Path], mask_dir: Path | None, name: str, prefix: str,
-                  skip: Callable[[str, Path], None], patient_regex: str | None = None) -> list[Record]:
-    """Pair images with masks by stem; missing masks are reported through ``skip``."""
+                  skip: Callable[[str, Path], None], patient_regex: str | None = None,
+                  folder_images: list[Path] | None = None) -> list[Record]:
+    """Pair images with masks by stem; missing masks and masks without an image (among
+    ``folder_images``, the whole image folder when ``images`` is a split of it) go through ``skip``."""
     masks = _index_by_stem(_list_images(mask_dir)) if mask_dir is not None else {}
     _index_by_stem(images)  # duplicate image stems are an error too
     records = []
@@ -506,6 +508,10 @@ def _pair_records(images: list[Path], mask_dir: Path | None, name: str, prefix: 
                 raise DatasetError(f"patient_regex {patient_regex!r} does not match the stem of {p}", p)
             patient = f"{name}/{m.group(1) if m.groups() else m.group(0)}"
         records.append(Record(p, mask, sid, patient))
+    image_stems = {p.stem for p in (images if folder_images is None else folder_images)}
+    for stem, mask in sorted(masks.items()):
+        if stem not in image_stems:  # an orphan mask means a missing or misnamed image: say so
+            skip(f"mask {mask} has no image with stem {stem!r} among the images next to it", mask)
     return records
 
 
@@ -586,10 +592,10 @@ def _build_tn3k(root, split, fold, image_size, augment, skip_bad, *, channels: i
         raise ValueError(f"fold must be 0..4 for 'tn3k', got {fold!r}")
     skip = _Skipper(skip_bad)
     part = "test" if split == "test" else "trainval"
-    images = _int_sorted(_list_images(root / f"{part}-image"))
+    folder = images = _int_sorted(_list_images(root / f"{part}-image"))
     if split in ("train", "val"):
-        images = _select_by_json(root / f"tn3k-trainval-fold{fold}.json", split, images, skip)
-    records = _pair_records(images, root / f"{part}-mask", "tn3k", f"tn3k/{part}", skip)
+        images = _select_by_json(root / f"tn3k-trainval-fold{fold}.json", split, folder, skip)
+    records = _pair_records(images, root / f"{part}-mask", "tn3k", f"tn3k/{part}", skip, folder_images=folder)
     return _file_dataset("tn3k", split, records, "nodule", image_size, augment, skip_bad, skip.items,
                          channels, stitch_prob, verify)
 
@@ -601,10 +607,10 @@ def _build_tg3k(root, split, fold, image_size, augment, skip_bad, *, channels: i
     if split not in splits:
         raise ValueError(f"unknown split {split!r} for 'tg3k' (it has no test split); choose from {splits}")
     skip = _Skipper(skip_bad)
-    images = _int_sorted(_list_images(root / "thyroid-image"))
+    folder = images = _int_sorted(_list_images(root / "thyroid-image"))
     if split in ("train", "val"):
-        images = _select_by_json(root / "tg3k-trainval.json", split, images, skip)
-    records = _pair_records(images, root / "thyroid-mask", "tg3k", "tg3k", skip)
+        images = _select_by_json(root / "tg3k-trainval.json", split, folder, skip)
+    records = _pair_records(images, root / "thyroid-mask", "tg3k", "tg3k", skip, folder_images=folder)
     return _file_dataset("tg3k", split, records, "gland", image_size, augment, skip_bad, skip.items,
                          channels, stitch_prob, verify)
 
