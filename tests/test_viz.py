@@ -1,4 +1,7 @@
 """Attention viewing: recorders, rollout, and every plotting function on tiny inputs."""
+import warnings
+
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -50,8 +53,6 @@ def _check(fig: Figure) -> None:
     assert isinstance(fig, Figure)
     assert fig.axes
     fig.canvas.draw()  # the whole figure renders
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
 
 
@@ -167,3 +168,8 @@ def test_attention_figures(recorded):
         show_coarse_to_fine(image, [p.mask_logits[0] for p in preds[:2]], [None] * 3, [c[0] for c in cross], 0)
     with pytest.raises(ValueError, match="query 9"):
         show_attention_heads(image, cross[0][0], query=9)
+    with pytest.raises(ValueError, match="query 6"):
+        show_coarse_to_fine(image, [p.mask_logits[0] for p in preds], [None] * 3, [c[0] for c in cross], 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty ground truth draws no outline and no warning
+        _check(show_attention_map(image, cross[0][0].mean(0)[0], contour=torch.zeros(32, 32)))

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
@@ -208,14 +209,18 @@ def _draw_image(ax: Axes, img: np.ndarray) -> None:
 
 
 def _overlay(ax: Axes, img: np.ndarray, grid_map: np.ndarray, vmax: float | None = None, cmap: str = "inferno",
-             alpha: float = 0.6, contour: np.ndarray | None = None):
+             alpha: float = 0.6, contour: ArrayLike | None = None) -> AxesImage:
     """Image, then ``grid_map`` (h, w) stretched over the whole image (nearest), then a contour."""
     H, W = img.shape[:2]
     _draw_image(ax, img)
-    im = ax.imshow(grid_map, cmap=cmap, alpha=alpha, vmin=0, vmax=vmax if vmax is not None else float(grid_map.max()) or 1.0,
-                   extent=(-0.5, W - 0.5, H - 0.5, -0.5), interpolation="nearest")
+    if vmax is None:
+        vmax = float(grid_map.max()) or 1.0  # per-panel scale; an all-zero map still gets a valid range
+    im = ax.imshow(grid_map, cmap=cmap, alpha=alpha, vmin=0, vmax=vmax,
+                   extent=(-0.5, W - 0.5, H - 0.5, -0.5), interpolation="nearest")  # one cell per grid entry
     if contour is not None:
-        ax.contour(_np(contour).reshape(H, W), levels=[0.5], colors="cyan", linewidths=0.8)
+        c = _np(contour).reshape(H, W)
+        if c.min() < 0.5 < c.max():  # an empty (or full) mask has no outline to draw
+            ax.contour(c, levels=[0.5], colors="cyan", linewidths=0.8)
     ax.set_xlim(-0.5, W - 0.5)
     ax.set_ylim(H - 0.5, -0.5)
     return im
@@ -326,27 +331,31 @@ def show_feature_maps(maps: Mapping[str, ArrayLike], image: ArrayLike | None = N
 
     Args:
         maps: name -> (C, h, w) or (1, C, h, w).
-        image: optional display image, shown first in every row for scale.
+        image: optional display image, shown once (top left); the first column then names the rows.
         channels: channels per row.
 
     Returns:
         the figure.
     """
     extra = image is not None
-    fig, axes = _axes(len(maps), channels + extra, panel=1.8)
+    fig, axes = _axes(len(maps), channels + extra, panel=1.6)
     for row, (name, fmap) in enumerate(maps.items()):
         arr = _np(fmap)
         arr = arr[0] if arr.ndim == 4 else arr  # (C, h, w)
         if arr.ndim != 3:
             raise ValueError(f"feature map {name!r} must be (C, h, w) or (1, C, h, w), got {arr.shape}")
-        if extra:
-            _draw_image(axes[row, 0], _image(image))
-            axes[row, 0].set_title(name, fontsize=9)
+        if extra and row == 0:
+            _draw_image(axes[0, 0], _image(image))
+            axes[0, 0].set_title("input", fontsize=9)
+        if extra:  # the row's name next to its maps
+            axes[row, 0].text(0.5, 0.5 if row else -0.12, name, ha="center", va="center", fontsize=9,
+                              transform=axes[row, 0].transAxes)
         top = np.argsort(-arr.reshape(arr.shape[0], -1).var(axis=1))[:channels]
         for col, ch in enumerate(top):
             a = arr[ch]
-            axes[row, col + extra].imshow((a - a.min()) / (np.ptp(a) + 1e-8), cmap="viridis", interpolation="nearest")
-            axes[row, col + extra].set_title(f"{'' if extra else name + ' '}ch {ch} ({arr.shape[1]}x{arr.shape[2]})", fontsize=8)
+            ax = axes[row, col + extra]
+            ax.imshow((a - a.min()) / (np.ptp(a) + 1e-8), cmap="viridis", interpolation="nearest")
+            ax.set_title(f"{'' if extra else name + ' '}ch {ch} ({arr.shape[1]}x{arr.shape[2]})", fontsize=8)
     return fig
 
 
@@ -486,8 +495,8 @@ def show_coarse_to_fine(image: ArrayLike, mask_logits: Sequence[ArrayLike], allo
     """Coarse-to-fine masked cross-attention (eq. 4-6) of one query, one row per decoder layer t.
 
     Columns: the mask Z_{t-1} the layer starts from; the eq. 6 attention mask built from it at the
-    layer's level resolution, over the image (light = may attend, dark = blocked); the layer's cross-attention weights (mean over
-    heads); the mask Z_t after the layer.
+    layer's level resolution, over the image (light = may attend, dark = blocked); the layer's
+    cross-attention weights (mean over heads); the mask Z_t after the layer.
 
     Args:
         image: display image (H, W).
@@ -505,6 +514,9 @@ def show_coarse_to_fine(image: ArrayLike, mask_logits: Sequence[ArrayLike], allo
     if len(mask_logits) != T + 1 or len(allowed) != T:
         raise ValueError(f"need T+1 mask predictions and T masks for T={T} attention maps, "
                          f"got {len(mask_logits)} and {len(allowed)}")
+    n_queries = _np(mask_logits[0]).shape[0]
+    if not 0 <= query < n_queries:
+        raise ValueError(f"query {query} out of range for {n_queries} queries")
     img = _image(image)
     fig, axes = _axes(T, 4, panel=2.3)
     for t in range(T):
