@@ -1,7 +1,7 @@
 """Plotting for the workbook: pure functions that return a matplotlib ``Figure`` (no pyplot state).
 
 ``ssmt_lib.viz.attention`` looks inside the model (tokens, attention maps, query masks, rollout);
-data and training views live in their own submodules. Everything public is re-exported here::
+``ssmt_lib.viz.data`` shows the phantom and the datasets, ``ssmt_lib.viz.training`` runs. Everything public is re-exported here::
 
     from ssmt_lib.viz import record_attention, show_attention_heads, attention_rollout
 """
@@ -23,10 +23,21 @@ from ssmt_lib.viz.attention import (
     show_token_grid,
     vit_attention,
 )
+from ssmt_lib.viz.data import (
+    phantom_frame,
+    plot_dataset_stats,
+    show_anatomy,
+    show_augmentations,
+    show_gallery,
+    show_samples,
+    speckle_view,
+)
 
 __all__ = [
     "attention_rollout", "level_grid", "pos_embed_similarity", "query_attention", "record_attention",
     "record_attention_masks", "show_attention_heads", "show_attention_map", "show_coarse_to_fine",
     "show_feature_maps", "show_overlays", "show_patch_grid", "show_pos_embed_similarity", "show_query_masks",
     "show_token_grid", "vit_attention",
+    "phantom_frame", "plot_dataset_stats", "show_anatomy", "show_augmentations", "show_gallery", "show_samples",
+    "speckle_view",
 ]
