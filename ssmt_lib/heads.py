@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 
@@ -31,11 +33,15 @@ class SizeHead(nn.Module):
     Args:
         embed_dim: token width (768 for ViT-Base).
         hidden: hidden widths, (256, 128, 64) in the paper.
+        prior: initial output (area fraction) before training.
     """
 
-    def __init__(self, embed_dim: int, hidden: tuple[int, ...]) -> None:
+    def __init__(self, embed_dim: int, hidden: tuple[int, ...], prior: float = 0.05) -> None:
         super().__init__()
         self.mlp = MLP((embed_dim, *hidden, 1))
+        # Start at a typical nodule area instead of sigmoid(0) = 0.5 (RetinaNet's prior-bias trick);
+        # otherwise short runs spend their steps just walking the output down from 50% of the image.
+        nn.init.constant_(self.mlp[-1].bias, math.log(prior / (1 - prior)))
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Args:

@@ -377,6 +377,9 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
             eval_model, _, _ = model_from_checkpoint(out / BEST, device)
         result.test = evaluate(eval_model, make_loader(datasets["test"], t_cfg.batch_size, False, 0, workers, device), device)
     if out is not None and is_main_process():
+        previous = out / "metrics.json"
+        if not result.test and previous.is_file():  # resuming a finished run must not drop its test metrics
+            result.test = json.loads(previous.read_text()).get("test", {})
         write_metrics(out / "metrics.json", cfg, history, best, result.test, model_name)
     return result
 

@@ -32,6 +32,15 @@ from ssmt_lib.viz.data import (
     show_samples,
     speckle_view,
 )
+from ssmt_lib.viz.training import (
+    LOSS_TERMS,
+    compare_runs,
+    history_frame,
+    metrics_table,
+    plot_history,
+    show_predictions,
+    show_reconstructions,
+)
 
 __all__ = [
     "attention_rollout", "level_grid", "pos_embed_similarity", "query_attention", "record_attention",
@@ -40,4 +49,6 @@ __all__ = [
     "show_token_grid", "vit_attention",
     "phantom_frame", "plot_dataset_stats", "show_anatomy", "show_augmentations", "show_gallery", "show_samples",
     "speckle_view",
+    "LOSS_TERMS", "compare_runs", "history_frame", "metrics_table", "plot_history", "show_predictions",
+    "show_reconstructions",
 ]

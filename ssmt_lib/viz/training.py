@@ -59,7 +59,8 @@ def history_frame(history: History) -> pd.DataFrame:
         raise ValueError("history is empty: no epoch was trained")
     missing = {"phase", "epoch"} - set(frame.columns)
     if missing:
-        raise ValueError(f"history records need 'phase' and 'epoch'; missing {sorted(missing)} in {list(frame.columns)}")
+        raise ValueError(f"history records need 'phase' and 'epoch'; missing {sorted(missing)}, "
+                         f"columns: {list(frame.columns)}")
     frame = frame.sort_values(["phase", "epoch"], kind="stable").reset_index(drop=True)
     frame["step"] = np.arange(1, len(frame) + 1)
     return frame
@@ -124,13 +125,15 @@ def plot_history(history: History, terms: Sequence[str] = LOSS_TERMS,
     return fig
 
 
-def _display(image: Tensor | np.ndarray, normalized: bool) -> np.ndarray:
-    """(C, H, W) image -> display array in [0, 1]."""
+def _display(image: Tensor | np.ndarray, normalized: bool, grey: bool = False) -> np.ndarray:
+    """(C, H, W) image -> display array in [0, 1]; ``grey`` averages the channels."""
     if normalized:
-        return denormalize(image)
-    arr = image.detach().float().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image, np.float32)
-    arr = np.clip(arr, 0.0, 1.0)
-    return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)  # (H, W) or (H, W, 3)
+        arr = denormalize(image)  # (H, W) or (H, W, 3)
+    else:
+        arr = image.detach().float().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image, np.float32)
+        arr = np.clip(arr, 0.0, 1.0)
+        arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)  # (H, W) or (H, W, 3)
+    return arr.mean(-1) if grey and arr.ndim == 3 else arr  # (H, W) when grey
 
 
 def _batch(x: Tensor | np.ndarray, name: str, ndim: int = 4) -> Tensor:
@@ -141,8 +144,12 @@ def _batch(x: Tensor | np.ndarray, name: str, ndim: int = 4) -> Tensor:
 
 
 def show_reconstructions(images: Tensor, recons: Tensor | Mapping[str, Tensor], n: int = 4,
-                         normalized: bool = True, eps: float = 1e-6) -> Figure:
+                         normalized: bool = True, eps: float = 1e-6, grey: bool = True, panel: float = 1.8) -> Figure:
     """Inputs (top row) and the reconstructor's outputs (one row per model), titled with eq. 13.
+
+    Ultrasound is grey replicated to 3 channels, but the reconstructor predicts each channel on its
+    own; ``grey`` shows the channel mean so that small per-channel offsets do not tint the display
+    (the titles' losses use the raw channels).
 
     Args:
         images: (B, C, H, W) input batch (normalised as the datasets return it when ``normalized``).
@@ -151,6 +158,8 @@ def show_reconstructions(images: Tensor, recons: Tensor | Mapping[str, Tensor], 
         n: images (columns) to show, at most B.
         normalized: undo the ImageNet normalisation for display.
         eps: Charbonnier epsilon (``LossConfig.charbonnier_eps``) for the per-image titles.
+        grey: show the mean over channels.
+        panel: side of one panel in inches.
 
     Returns:
         the figure.
@@ -164,13 +173,14 @@ def show_reconstructions(images: Tensor, recons: Tensor | Mapping[str, Tensor], 
         if rec.shape != images.shape:
             raise ValueError(f"recons[{label!r}] has shape {tuple(rec.shape)}, images {tuple(images.shape)}")
     n = min(n, images.shape[0])
-    fig = Figure(figsize=(2.1 * n, 2.2 * (len(rows) + 1)), layout="constrained")
+    fig = Figure(figsize=(panel * n, (panel + 0.1) * (len(rows) + 1)), layout="constrained")
     axes = fig.subplots(len(rows) + 1, n, squeeze=False)
     for j in range(n):
-        axes[0, j].imshow(_display(images[j], normalized), cmap="gray", vmin=0, vmax=1)
+        axes[0, j].imshow(_display(images[j], normalized, grey), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes[0, j].set_title(f"input {j}", fontsize=8)
         for i, (label, rec) in enumerate(rows.items(), start=1):
-            axes[i, j].imshow(_display(rec[j], normalized), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].imshow(_display(rec[j], normalized, grey), cmap="gray", vmin=0, vmax=1,
+                              interpolation="nearest")
             err = charbonnier_loss(rec[j], images[j], eps).item()  # eq. 13 on this image alone
             axes[i, j].set_title(f"L_rec {err:.3f}", fontsize=8)
             if j == 0:
@@ -183,7 +193,8 @@ def show_reconstructions(images: Tensor, recons: Tensor | Mapping[str, Tensor], 
 
 
 def show_predictions(images: Tensor, masks: Tensor, logits: Tensor, n: int | None = None, threshold: float = 0.5,
-                     ids: Sequence[str] | None = None, normalized: bool = True, task: str = "nodule") -> Figure:
+                     ids: Sequence[str] | None = None, normalized: bool = True, task: str = "nodule",
+                     panel: float = 1.6) -> Figure:
     """Image, ground truth (green) and prediction (red, ground-truth outline in cyan), one column per image.
 
     The prediction is ``sigmoid(logits) > threshold``; the Dice in each title comes from
@@ -198,6 +209,7 @@ def show_predictions(images: Tensor, masks: Tensor, logits: Tensor, n: int | Non
         ids: optional image ids for the column titles.
         normalized: undo the ImageNet normalisation for display.
         task: name used in the row labels.
+        panel: side of one panel in inches.
 
     Returns:
         the figure.
@@ -213,17 +225,17 @@ def show_predictions(images: Tensor, masks: Tensor, logits: Tensor, n: int | Non
     pred = logits.float().sigmoid() > threshold  # (B, 1, H, W)
     gt = masks > 0.5  # (B, 1, H, W)
     dice, _ = dice_iou(pred[:, 0], gt[:, 0])  # (B,)
-    fig = Figure(figsize=(2.1 * n, 6.6), layout="constrained")
+    fig = Figure(figsize=(panel * n, 3 * (panel + 0.1)), layout="constrained")
     axes = fig.subplots(3, n, squeeze=False)
     for j in range(n):
         img = _display(images[j], normalized)
         g, p = gt[j, 0].numpy().astype(float), pred[j, 0].numpy().astype(float)  # (H, W)
-        axes[0, j].imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[0, j].imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes[0, j].set_title(str(ids[j]) if ids is not None else f"image {j}", fontsize=7)
-        axes[1, j].imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[1, j].imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes[1, j].imshow(g, cmap=_GT_CMAP, vmin=0, vmax=1, alpha=0.45, interpolation="nearest")
         axes[1, j].set_title(f"truth: {g.mean():.1%} of image", fontsize=8)
-        axes[2, j].imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[2, j].imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes[2, j].imshow(p, cmap=_PRED_CMAP, vmin=0, vmax=1, alpha=0.45, interpolation="nearest")
         if g.any():
             axes[2, j].contour(g, levels=[0.5], colors="cyan", linewidths=0.8)
