@@ -9,6 +9,15 @@ A *sweep file* (YAML, see ``params/``) names a notebook, fixed parameters, a gri
       variant: [1_baseline, 2_rec, 3_rec_gland, 4_rec_size, 5_all]
       seed: [0, 1, 2]
 
+A grid entry may also be a mapping that sets several parameters together (for values that must
+change jointly, e.g. eq. 12's loss weights, which have to sum to 1)::
+
+    grid:
+      weights:                          # a label for the group, not a notebook parameter
+        - {alpha: 0.8, beta: 0.1, gamma: 0.05, eta: 0.05}
+        - {alpha: 0.6, beta: 0.2, gamma: 0.1, eta: 0.1}
+      seed: [0, 1]
+
 Every point runs the notebook with papermill (``cwd`` = notebooks/, the executed copy and the
 notebook's ``metrics.json`` land in ``runs/<name>/<point>/``; the notebook receives that folder as
 its ``run_dir`` parameter). Finished points (with a ``metrics.json``) are skipped, so a sweep
@@ -18,6 +27,8 @@ papermill itself only warns about unknown names, here they are errors.
 """
 from __future__ import annotations
 
+import ast
+import functools
 import itertools
 import json
 import os
@@ -35,6 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 RUNS = ROOT / "runs"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # sweep names: one safe folder name
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}
 
 
@@ -52,13 +64,35 @@ def notebook_path(notebook: str | Path) -> Path:
 
 
 def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
-    """The names, types and defaults of a notebook's ``parameters`` cell (papermill's inspection)."""
+    """The names, types and defaults of a notebook's ``parameters`` cell (papermill's inspection).
+
+    Raises ``ValueError`` naming the notebook when it has no ``parameters`` cell or when the cell
+    assigns a name that papermill cannot parse (papermill only logs those and drops them).
+    """
+    path = notebook_path(notebook)
+    return dict(_inspect(str(path), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=32)
+def _inspect(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
+    """papermill's inspection, cached per file version (a sweep checks every point)."""
+    import nbformat
     import papermill
 
-    path = notebook_path(notebook)
-    params = papermill.inspect_notebook(str(path))
+    params = papermill.inspect_notebook(path)
     if not params:
         raise ValueError(f"{path} has no cell tagged 'parameters'")
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    try:
+        body = ast.parse(cell.source).body
+    except SyntaxError as err:
+        raise ValueError(f"{path}: the parameters cell is not plain Python ({err.msg}, line {err.lineno})") from err
+    assigned = {t.id for node in body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    missed = sorted(assigned - set(params))
+    if missed:
+        raise ValueError(f"{path}: papermill cannot parse the parameters {missed}; write each as "
+                         f"`name: type = value  # comment` with no '=' inside the comment")
     return params
 
 
@@ -100,9 +134,14 @@ def run_notebook(notebook: str | Path, run_dir: str | Path, parameters: dict[str
     try:
         papermill.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(path.parent),
                                    kernel_name="python3", progress_bar=False, log_output=log_output,
-                                   execution_timeout=timeout)
+                                   execution_timeout=timeout,
+                                   # the kernel's own log (TCP notice, shutdown interrupt) is noise here;
+                                   # failures still surface as cell errors / SweepError
+                                   extra_arguments=["--log-level=CRITICAL"])
     except papermill.PapermillExecutionError as err:
         raise SweepError(f"{output} failed in cell {err.exec_count}: {err.ename}: {err.evalue}") from err
+    except Exception as err:  # dead kernel (e.g. out of memory), cell timeout, ...: still name the notebook
+        raise SweepError(f"{output} failed: {type(err).__name__}: {err}") from err
     return output
 
 
@@ -127,14 +166,30 @@ class Sweep:
     def out_dir(self) -> Path:
         return self.root / self.name
 
+    def _linked(self, key: str) -> bool:
+        """Whether grid entry ``key`` lists mappings (several parameters set together)."""
+        return isinstance(self.grid[key][0], dict)
+
     def points(self) -> list[dict[str, Any]]:
-        """Every grid combination merged into the fixed parameters."""
-        keys = list(self.grid)
-        return [dict(self.parameters, **dict(zip(keys, values))) for values in itertools.product(*self.grid.values())]
+        """Every grid combination merged into the fixed parameters (mapping entries are merged in)."""
+        points = []
+        for values in itertools.product(*self.grid.values()):
+            point = dict(self.parameters)
+            for key, value in zip(self.grid, values):
+                point.update(value if isinstance(value, dict) else {key: value})
+            points.append(point)
+        return points
+
+    def columns(self) -> list[str]:
+        """The parameters the grid varies, in grid order (the names inside a mapping entry)."""
+        return [c for k in self.grid for c in (self.grid[k][0] if self._linked(k) else [k])]
 
     def point_name(self, point: dict[str, Any]) -> str:
         """Folder name of a point from its grid values, e.g. ``variant-2_rec__seed-1``."""
-        parts = [f"{k}-{point[k]}" for k in self.grid]
+        parts = []
+        for k in self.grid:
+            value = "_".join(f"{c}={point[c]}" for c in self.grid[k][0]) if self._linked(k) else point[k]
+            parts.append(f"{k}-{value}")  # e.g. weights-alpha=0.8_beta=0.1_gamma=0.05_eta=0.05
         return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "__".join(parts)) or "point"
 
 
@@ -157,49 +212,84 @@ def load_sweep(file: str | Path | dict[str, Any], root: str | Path | None = None
     grid = spec["grid"]
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
         raise ValueError(f"{where}: grid must map each parameter to a non-empty list of values")
-    sweep = Sweep(name=str(spec["name"]), notebook=str(spec["notebook"]), grid=grid,
+    for key, values in grid.items():
+        kinds = {isinstance(v, dict) for v in values}
+        if kinds == {True} and any(not v or set(v) != set(values[0]) for v in values):
+            raise ValueError(f"{where}: grid.{key} entries must be non-empty mappings with the same keys")
+        if len(kinds) > 1:
+            raise ValueError(f"{where}: grid.{key} mixes mappings and plain values")
+    name = str(spec["name"])
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{where}: name {name!r} must be one folder name (letters, digits, _ . -)")
+    sweep = Sweep(name=name, notebook=str(spec["notebook"]), grid=grid,
                   parameters=dict(spec.get("parameters") or {}), root=Path(root) if root else RUNS)
-    overlap = sorted(set(sweep.parameters) & set(grid))
+    columns = sweep.columns()
+    overlap = sorted(set(sweep.parameters) & set(columns) | {c for c in columns if columns.count(c) > 1})
     if overlap:
-        raise ValueError(f"{where}: {overlap} are both fixed parameters and grid keys")
+        raise ValueError(f"{where}: {overlap} are set twice (fixed parameters and/or grid entries)")
     for point in sweep.points():
         check_parameters(sweep.notebook, point)
     return sweep
 
 
 def run_sweep(file: str | Path | dict[str, Any] | Sweep, keep_going: bool = False, root: str | Path | None = None,
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = True, workers: int = 1) -> pd.DataFrame:
     """Run every unfinished point of a sweep, then return :func:`aggregate`'s table.
 
     Args:
         file: sweep YAML path, dict or :class:`Sweep`.
         keep_going: continue after a failed point and raise one :class:`SweepError` listing all
-            failures at the end (default: stop at the first).
+            failures at the end (default: stop at the first; points already running finish).
         root: parent folder of the sweep output (default ``runs/``).
         progress: print one line per point.
+        workers: points executed at the same time (each in its own kernel). On a CPU, give each
+            point ``threads = cores // workers`` so that the kernels do not oversubscribe the cores.
     """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     sweep = file if isinstance(file, Sweep) else load_sweep(file, root)
-    failures = []
+    todo = []
     for point in sweep.points():
         point_dir = sweep.out_dir / sweep.point_name(point)
         if (point_dir / "metrics.json").is_file():
             if progress:
                 print(f"[skip] {point_dir.name} (finished)")
-            continue
+        else:
+            todo.append((point, point_dir))
+
+    def run(point: dict[str, Any], point_dir: Path) -> float:
         start = time.perf_counter()
-        try:
-            run_notebook(sweep.notebook, point_dir, point)
-            if not (point_dir / "metrics.json").is_file():
-                raise SweepError(f"{point_dir / notebook_path(sweep.notebook).name} ran but wrote no metrics.json")
-        except SweepError as err:
-            if not keep_going:
-                raise
-            failures.append(str(err))
-            if progress:
-                print(f"[FAIL] {point_dir.name}: {err}")
-            continue
-        if progress:
-            print(f"[done] {point_dir.name} in {time.perf_counter() - start:.1f} s")
+        run_notebook(sweep.notebook, point_dir, point)
+        if not (point_dir / "metrics.json").is_file():
+            raise SweepError(f"{point_dir / notebook_path(sweep.notebook).name} ran but wrote no metrics.json")
+        return time.perf_counter() - start
+
+    failures = []
+    # Threads only wait on kernels (separate processes), so they do not compete for the GIL.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        queue, running = list(todo), {}
+        while queue or running:
+            while queue and len(running) < workers and (keep_going or not failures):
+                point, point_dir = queue.pop(0)
+                running[pool.submit(run, point, point_dir)] = point_dir
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                point_dir = running.pop(future)
+                try:
+                    seconds = future.result()
+                except SweepError as err:
+                    failures.append(str(err))
+                    if progress:
+                        print(f"[FAIL] {point_dir.name}: {err}")
+                    continue
+                if progress:
+                    print(f"[done] {point_dir.name} in {seconds:.1f} s")
+    if failures and not keep_going:
+        raise SweepError(failures[0] if len(failures) == 1 else "\n".join(failures))
     if failures:
         raise SweepError(f"{len(failures)} sweep point(s) failed:\n" + "\n".join(failures))
     return aggregate(sweep)
@@ -222,7 +312,7 @@ def collect(sweep: Sweep) -> pd.DataFrame:
     for point in sweep.points():
         file = sweep.out_dir / sweep.point_name(point) / "metrics.json"
         if file.is_file():
-            rows.append({**{k: point[k] for k in sweep.grid}, **_flatten(json.loads(file.read_text()))})
+            rows.append({**{c: point[c] for c in sweep.columns()}, **_flatten(json.loads(file.read_text()))})
     return pd.DataFrame(rows)
 
 
@@ -230,14 +320,16 @@ def aggregate(sweep: Sweep, over: str = "seed", write: bool = True) -> pd.DataFr
     """Mean and std of every numeric metric over ``over`` (seeds), grouped by the other grid keys.
 
     Writes ``summary.csv`` and ``summary.md`` (columns ``<metric> mean`` / ``<metric> std`` and a
-    ``n`` count) into the sweep folder when ``write``.
+    ``n`` count) into the sweep folder when ``write``. The run's settings (``config.*`` in
+    ``metrics.json``) are not metrics and are left out.
     """
     table = collect(sweep)
     if table.empty:
         return table
-    keys = [k for k in sweep.grid if k != over]
-    metrics = [c for c in table.columns if c not in sweep.grid and pd.api.types.is_numeric_dtype(table[c])
-               and not pd.api.types.is_bool_dtype(table[c])]
+    columns = sweep.columns()
+    keys = [k for k in columns if k != over]
+    metrics = [c for c in table.columns if c not in columns and not c.startswith("config.")
+               and pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
     grouped = table.groupby(keys, sort=False) if keys else table.assign(_all="all").groupby("_all")
     summary = grouped[metrics].agg(["mean", "std"])
     summary.columns = [f"{m} {stat}" for m, stat in summary.columns]

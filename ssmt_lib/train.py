@@ -4,7 +4,8 @@ Phase 1 (unsupervised): only the reconstruction path (encoder + fusion + reconst
 the unlabeled pool (every training image of every set, never test images), with the Charbonnier
 loss of eq. 13. Optionally random 16x16 patches of the input are blanked (masked-image modelling,
 ``train.mask_ratio``; beyond the paper). Phase 2 (supervised): all enabled tasks with eq. 12.
-Each phase has its own Adam optimizer and cosine annealing from ``lr`` to ``min_lr``.
+Each phase has its own Adam optimizer (L2 decay as in the paper, or AdamW's decoupled decay,
+``train.optimizer``) and cosine annealing from ``lr`` to ``min_lr``.
 
 Reliability (DESIGN.md section 6): a checkpoint is written atomically at the end of every epoch
 with model, optimizer, scheduler and RNG state, loadable with ``torch.load(weights_only=True)``.
@@ -255,8 +256,8 @@ class TrainResult:
 
 def _optimizer(model: nn.Module, cfg: Config, epochs: int, steps_per_epoch: int, device: torch.device):
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                           fused=device.type == "cuda")
+    opt_class = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_class(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch),
                                                        eta_min=cfg.train.min_lr)
     return opt, sched

@@ -21,6 +21,7 @@ def test_paper_preset_matches_the_paper():
     assert (loss.alpha, loss.beta, loss.gamma, loss.eta, loss.charbonnier_eps) == (0.8, 0.1, 0.05, 0.05, 1e-6)
     assert (loss.cost_class, loss.cost_bce, loss.cost_dice) == (2.0, 5.0, 5.0)
     assert (t.batch_size, t.lr, t.weight_decay, t.min_lr, t.epochs, t.seed) == (32, 1e-3, 0.01, 1e-6, 300, 42)
+    assert t.optimizer == "adam"  # L2 decay inside Adam, as published
 
 
 def test_tiny_differs_only_in_values():

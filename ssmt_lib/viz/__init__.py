@@ -1,7 +1,7 @@
 """Plotting for the workbook: pure functions that return a matplotlib ``Figure`` (no pyplot state).
 
 ``ssmt_lib.viz.attention`` looks inside the model (tokens, attention maps, query masks, rollout);
-``ssmt_lib.viz.data`` shows the phantom and the datasets, ``ssmt_lib.viz.training`` runs. Everything public is re-exported here::
+``ssmt_lib.viz.data`` shows the phantom and the datasets, ``ssmt_lib.viz.training`` runs, ``ssmt_lib.viz.maps`` a trained model's attention. Everything public is re-exported here::
 
     from ssmt_lib.viz import record_attention, show_attention_heads, attention_rollout
 """
@@ -32,6 +32,18 @@ from ssmt_lib.viz.data import (
     show_samples,
     speckle_view,
 )
+from ssmt_lib.viz.maps import (
+    AttentionRecording,
+    attention_mass,
+    collect_attention,
+    eq6_region,
+    find_failure_cases,
+    show_attention_explorer,
+    show_cross_attention,
+    show_failure_cases,
+    show_vit_attention,
+    upsample_map,
+)
 from ssmt_lib.viz.training import (
     LOSS_TERMS,
     compare_runs,
@@ -51,4 +63,6 @@ __all__ = [
     "speckle_view",
     "LOSS_TERMS", "compare_runs", "history_frame", "metrics_table", "plot_history", "show_predictions",
     "show_reconstructions",
+    "AttentionRecording", "attention_mass", "collect_attention", "eq6_region", "find_failure_cases",
+    "show_attention_explorer", "show_cross_attention", "show_failure_cases", "show_vit_attention", "upsample_map",
 ]
