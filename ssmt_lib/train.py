@@ -248,7 +248,7 @@ class TrainResult:
 
     model: nn.Module  # the model after the last epoch (best weights are in best.pt)
     history: list[dict[str, Any]]  # one record per epoch (both phases)
-    best: dict[str, Any]  # {"epoch", "val_nodule_dice"} of the selected checkpoint
+    best: dict[str, Any]  # {"epoch", "val_nodule_dice", "val_nodule_dice_pooled"} of the selected checkpoint
     out_dir: Path | None  # run folder (checkpoints, metrics.json, history.csv) or None
     test: dict[str, Any] = field(default_factory=dict)  # test metrics of the best checkpoint
     stopped_early: bool = False  # max_minutes reached
@@ -317,7 +317,7 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
     workers = t_cfg.num_workers
 
     history: list[dict[str, Any]] = []
-    best = {"epoch": -1, "val_nodule_dice": -1.0}
+    best = {"epoch": -1, "val_nodule_dice": -1.0, "val_nodule_dice_pooled": -1.0}
     start_phase, start_epoch, resume = 1, 0, None
     if out is not None and (out / CHECKPOINT).is_file():
         resume = load_checkpoint(out / CHECKPOINT, map_location=device)
@@ -349,11 +349,15 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
                 val = evaluate(raw_model, make_loader(datasets["val"], t_cfg.batch_size, False, 0, workers, device),
                                device, compute_hd95=False)
                 record["val_nodule_dice"] = val.get("nodule", {}).get("dice_mean", float("nan"))
+                # Select on pooled Dice: per-image Dice scores an empty prediction on a nodule-free image
+                # as 1, so on validation sets with such images "predict nothing" could win.
+                record["val_nodule_dice_pooled"] = val.get("nodule", {}).get("dice_pooled", float("nan"))
                 record["val_nodule_iou"] = val.get("nodule", {}).get("iou_mean", float("nan"))
                 if "gland" in val:
                     record["val_gland_dice"] = val["gland"]["dice_mean"]
-                if record["val_nodule_dice"] > best["val_nodule_dice"]:
-                    best = {"epoch": epoch, "val_nodule_dice": record["val_nodule_dice"]}
+                if record["val_nodule_dice_pooled"] > best["val_nodule_dice_pooled"]:
+                    best = {"epoch": epoch, "val_nodule_dice": record["val_nodule_dice"],
+                            "val_nodule_dice_pooled": record["val_nodule_dice_pooled"]}
                     if out is not None:
                         save_checkpoint(out / BEST, _state(raw_model, cfg, model_name, history + [record], best))
             history.append(record)
