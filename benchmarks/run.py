@@ -63,7 +63,8 @@ def bench_tiny_step(batch_size: int = 16, threads: int = 2, repeats: int = 5) ->
     model = build_model(config=cfg).to(memory_format=torch.channels_last)
     batch = _batch(batch_size, cfg.model.image_size)
     images = batch["image"].contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    opt_class = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_class(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)  # as train.fit
 
     def step():
         loss, _ = total_loss(model(images), batch, cfg.loss)

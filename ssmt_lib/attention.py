@@ -26,14 +26,16 @@ def attention_mask_from_logits(mask_logits: Tensor, size: tuple[int, int], num_h
     """Eq. 6: the cross-attention mask of the next layer from the current mask prediction.
 
     Args:
-        mask_logits: (B, N, H, W) query mask logits at full resolution.
+        mask_logits: (B, N, H, W) query mask logits, at full resolution or already at ``size``.
         size: (h, w) of the feature level the next layer attends to.
         num_heads: heads of that layer (the mask is repeated per head).
 
     Returns:
         allowed: (B, num_heads, N, h*w) bool, True where the query may attend. Detached.
     """
-    resized = F.interpolate(mask_logits.detach().float(), size=size, mode="bilinear", align_corners=False)
+    resized = mask_logits.detach().float()
+    if tuple(resized.shape[-2:]) != tuple(size):
+        resized = F.interpolate(resized, size=size, mode="bilinear", align_corners=False)  # (B, N, h, w)
     allowed = resized.sigmoid().flatten(2) >= 0.5  # (B, N, h*w)
     empty = ~allowed.any(dim=-1, keepdim=True)  # (B, N, 1): nothing above 0.5
     allowed = allowed | empty  # empty-mask rule: attend everywhere instead of NaN
@@ -62,15 +64,20 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, n, dh)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None = None) -> Tensor:
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None = None,
+                kv_projected: bool = False) -> Tensor:
         """Args:
             query: (B, Nq, D); key, value: (B, Nk, D).
             allowed: optional bool (B, heads, Nq, Nk) or broadcastable; True = may attend.
+            kv_projected: ``key`` and ``value`` already went through ``self.k`` / ``self.v`` (the
+                caller computed them more cheaply, see ``QueryLayer``).
 
         Returns:
             (B, Nq, D)
         """
-        q, k, v = self._heads(self.q(query)), self._heads(self.k(key)), self._heads(self.v(value))
+        if not kv_projected:
+            key, value = self.k(key), self.v(value)
+        q, k, v = self._heads(self.q(query)), self._heads(key), self._heads(value)
         if self.fused:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         else:

@@ -79,6 +79,7 @@ class LossConfig:
     no_object_weight: float = 0.1  # class weight of "no object" in the query cross-entropy
     aux_weight: float = 1.0  # weight of the CNN auxiliary head's BCE+Dice inside L_nodule / L_gland
     deep_supervision: bool = True  # supervise the prediction of every query-decoder layer
+    points: int | None = 12544  # matching + mask loss on a random-offset pixel grid of at most this many points (Mask2Former's 12544); None = every pixel
 
 
 @dataclass
@@ -226,6 +227,8 @@ def validate(cfg: Config) -> Config:
     if not m.use_query_decoder and m.output_mode != "cnn":
         # Without queries the only map is the CNN one; say so instead of silently switching.
         raise ValueError("model.use_query_decoder=False needs model.output_mode='cnn'")
+    if loss.points is not None and loss.points < 1:
+        raise ValueError(f"loss.points must be >= 1 or None (every pixel), got {loss.points}")
     if loss.matching == "fixed" and m.num_queries < m.num_classes:
         raise ValueError("loss.matching='fixed' needs num_queries >= num_classes")
     if t.batch_size < 1 or t.epochs < 0 or t.epochs_pretrain < 0:

