@@ -1,7 +1,7 @@
 """Decoders of SSMT-Net: the CNN "cup", the reconstructor and the Transformer query decoder.
 
 CNN decoder (TransUNet): from the fused 1/16 map, four steps of (upsample x2, concatenate the
-ResNet skip of that scale if any, two 3x3 conv-BN-ReLU) reach full resolution; a 1x1 conv gives
+ResNet skip of that scale if any, two 3x3 conv-BN-ReLU; ``ModelConfig.decoder_convs``) reach full resolution; a 1x1 conv gives
 auxiliary per-pixel logits. The reconstructor is the same cup **without skips** (with skips it
 could copy the input instead of learning features) and an image-valued head.
 
@@ -29,13 +29,16 @@ from ssmt_lib.outputs import QueryPrediction
 
 
 class ConvBlock(nn.Sequential):
-    """Two 3x3 conv-BN-ReLU."""
+    """``convs`` times 3x3 conv-BN-ReLU (TransUNet: two)."""
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
-            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
-        )
+    def __init__(self, in_ch: int, out_ch: int, convs: int = 2) -> None:
+        if convs < 1:
+            raise ValueError(f"ConvBlock needs at least one conv, got convs={convs}")
+        layers = []
+        for i in range(convs):
+            layers += [nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch),
+                       nn.ReLU(inplace=True)]
+        super().__init__(*layers)
 
 
 class CNNDecoder(nn.Module):
@@ -46,13 +49,15 @@ class CNNDecoder(nn.Module):
         skip_channels: widths of the skips at 1/8, 1/4, 1/2 (empty tuple = no skips, the reconstructor).
         widths: output widths at 1/8, 1/4, 1/2, 1/1.
         out_channels: channels of the 1x1 head (1 for logits, C for an image).
+        convs: 3x3 conv-BN-ReLU per step (TransUNet: 2).
     """
 
-    def __init__(self, in_channels: int, skip_channels: tuple[int, ...], widths: tuple[int, ...], out_channels: int) -> None:
+    def __init__(self, in_channels: int, skip_channels: tuple[int, ...], widths: tuple[int, ...], out_channels: int,
+                 convs: int = 2) -> None:
         super().__init__()
         skips = list(skip_channels) + [0] * (len(widths) - len(skip_channels))
         ins = [in_channels, *widths[:-1]]
-        self.blocks = nn.ModuleList(ConvBlock(i + s, w) for i, s, w in zip(ins, skips, widths))
+        self.blocks = nn.ModuleList(ConvBlock(i + s, w, convs) for i, s, w in zip(ins, skips, widths))
         self.head = nn.Conv2d(widths[-1], out_channels, 1)
 
     def forward(self, x: Tensor, skips: list[Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
@@ -167,7 +172,7 @@ class QueryDecoder(nn.Module):
         tokens, key_pos, sizes = [], [], []
         for i, feat in enumerate(levels):
             h, w = feat.shape[-2:]
-            tokens.append(feat.flatten(2).transpose(1, 2))  # (B, h*w, C_l), projected to d inside the layer
+            tokens.append(feat.flatten(2).transpose(1, 2).contiguous())  # (B, h*w, C_l); no copy if channels_last
             pos = sine_position_embedding(h, w, self.level_embed.weight.shape[-1], feat.device) + self.level_embed.weight[i]
             key_pos.append(pos.to(feat.dtype)[None])  # (1, h*w, d)
             sizes.append((h, w))

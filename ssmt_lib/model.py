@@ -47,7 +47,7 @@ class SSMTNet(nn.Module):
         self.proj_t = _proj(cfg.embed_dim, cfg.fusion_channels)  # F_T -> width
         skips = self.encoder.skip_channels[::-1]  # decoders consume 1/8, 1/4, 1/2
         dc = cfg.decoder_channels
-        self.cnn_decoders = nn.ModuleDict({t: CNNDecoder(cfg.fusion_channels, skips, dc, 1) for t in self.tasks})
+        self.cnn_decoders = nn.ModuleDict({t: CNNDecoder(cfg.fusion_channels, skips, dc, 1, cfg.decoder_convs) for t in self.tasks})
         self.query_decoders = nn.ModuleDict()
         if cfg.use_query_decoder:
             for t in self.tasks:
@@ -55,7 +55,8 @@ class SSMTNet(nn.Module):
                     level_channels=dc[:3], pixel_channels=dc[3], dim=cfg.query_dim, num_heads=cfg.query_heads,
                     ffn=cfg.query_ffn, mask_dim=cfg.mask_dim, num_queries=cfg.num_queries, num_layers=cfg.query_layers,
                     num_classes=cfg.num_classes, masked=cfg.masked_attention, fused=cfg.fused_attn)
-        self.reconstructor = CNNDecoder(cfg.fusion_channels, (), cfg.recon_channels, cfg.in_chans) if cfg.reconstruction else None
+        self.reconstructor = CNNDecoder(cfg.fusion_channels, (), cfg.recon_channels, cfg.in_chans,
+                                        cfg.decoder_convs) if cfg.reconstruction else None
         self.size_head = SizeHead(cfg.embed_dim, cfg.size_hidden) if cfg.size else None
 
     @property

@@ -48,9 +48,9 @@ def test_collect_attention_shapes_and_eq6_masks(rec):
     assert rec.level_sizes == [(4, 4), (8, 8), (16, 16)]
     assert len(rec.mask_logits) == len(rec.class_logits) == len(rec.cross) + 1 == 4
     for t, (c, a) in enumerate(zip(rec.cross, rec.allowed)):
-        assert c.shape == a.shape == (B, 4, 6, rec.level_sizes[t][0] * rec.level_sizes[t][1])
+        assert c.shape == a.shape == (B, 2, 6, rec.level_sizes[t][0] * rec.level_sizes[t][1])
         torch.testing.assert_close(c.sum(-1), torch.ones(c.shape[:-1]))  # softmax rows
-        assert torch.equal(a, attention_mask_from_logits(rec.mask_logits[t], rec.level_sizes[t], 4))
+        assert torch.equal(a, attention_mask_from_logits(rec.mask_logits[t], rec.level_sizes[t], 2))
         assert (c[~a] == 0).all()  # blocked keys get no weight
     p = rec.p_object(0)
     assert p.shape == (6,) and bool(((p >= 0) & (p <= 1)).all())
@@ -130,11 +130,11 @@ def test_show_vit_attention(rec):
 
 def test_show_cross_attention(rec):
     _check(show_cross_attention(rec, index=0, queries=[0, 5], head=-1))
-    _check(show_cross_attention(rec, index=1, queries=[2], head=3, smooth=False))
+    _check(show_cross_attention(rec, index=1, queries=[2], head=1, smooth=False))
     with pytest.raises(ValueError, match="queries"):
         show_cross_attention(rec, queries=[6])
     with pytest.raises(ValueError, match="head"):
-        show_cross_attention(rec, head=4)
+        show_cross_attention(rec, head=2)
 
 
 def test_show_attention_explorer(rec):
