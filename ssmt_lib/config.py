@@ -80,7 +80,8 @@ class LossConfig:
     no_object_weight: float = 0.1  # class weight of "no object" in the query cross-entropy
     aux_weight: float = 1.0  # weight of the CNN auxiliary head's BCE+Dice inside L_nodule / L_gland
     deep_supervision: bool = True  # supervise the prediction of every query-decoder layer
-    points: int | None = 12544  # matching + mask loss on a random-offset pixel grid of at most this many points (Mask2Former's 12544); None = every pixel
+    # matching and mask loss on a random-offset pixel grid of at most this many points; None = every pixel
+    points: int | None = 12544  # Mask2Former's number of sampled points
 
 
 @dataclass
@@ -130,7 +131,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.fusion_channels": 64,
         "model.decoder_channels": (32, 16, 8, 8),
         # One conv per decoder step: the 1/2 and full-resolution convs of three decoders were half
-        # of a CPU training step; with one, a 128 px step reaches the 25 images/s goal.
+        # of a CPU training step; one conv (and the 16-wide query decoder below) took a 128 px
+        # step on 2 cores from ~16 to ~23-27 images/s (goal 25).
         "model.decoder_convs": 1,
         "model.num_queries": 6,
         "model.query_dim": 16,

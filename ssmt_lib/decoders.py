@@ -1,8 +1,8 @@
 """Decoders of SSMT-Net: the CNN "cup", the reconstructor and the Transformer query decoder.
 
 CNN decoder (TransUNet): from the fused 1/16 map, four steps of (upsample x2, concatenate the
-ResNet skip of that scale if any, two 3x3 conv-BN-ReLU; ``ModelConfig.decoder_convs``) reach full resolution; a 1x1 conv gives
-auxiliary per-pixel logits. The reconstructor is the same cup **without skips** (with skips it
+ResNet skip of that scale if any, two 3x3 conv-BN-ReLU; ``ModelConfig.decoder_convs``) reach full
+resolution; a 1x1 conv gives auxiliary per-pixel logits. The reconstructor is the same cup **without skips** (with skips it
 could copy the input instead of learning features) and an image-valued head.
 
 Query decoder (paper eq. 4-9, after TransUNet v2 / Mask2Former): N learnable queries

@@ -20,8 +20,8 @@ class QueryPrediction:
     The prediction keeps both factors and forms ``Z`` only where it is asked for: in full
     (``mask_logits``, computed on first use, then cached), on a regular subset of pixels
     (:func:`predictions_on_grid`, what the loss uses; Mask2Former also computes its mask losses on
-    sampled points), or resized to a
-    feature level (the next layer's eq. 6 mask). Because ``Z`` is linear in ``pixel_embed``,
+    sampled points), or resized to a feature level (the next layer's eq. 6 mask). Because ``Z`` is
+    linear in ``pixel_embed``,
     sampling or bilinear resizing the embedding first gives the same numbers as doing it to ``Z``,
     for a fraction of the work: the full-resolution ``Z`` of an intermediate layer is never formed
     in training. A prediction can also hold ready-made mask logits (tests, other decoders).
