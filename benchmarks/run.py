@@ -3,12 +3,15 @@
 - phantom: images/s at 224 px on one core, all annotations (``bench_phantom.py``, own process so
   its one-thread setting holds).
 - tiny_step: the ``tiny`` preset's training step (forward, eq. 12 loss, backward, Adam) at 128 px on
-  2 threads, images/s (goal >= 25).
+  2 threads, images/s (goal >= 25): the median of several timed windows, with the slowest and
+  fastest window, because a shared VM drifts by +-10% between windows.
 - paper_ratio: the ``paper`` preset's forward+backward time with the eq. 12 loss (a training step
   without the optimizer) divided by the bare timm ``vit_base_r50_s16_224`` encoder's
-  (``forward_features``), same process, same batch, default memory format (goal <= 1.6); also with
-  the reported maps only, and the same ratio in FLOPs (``torch.utils.flop_counter``), which does
-  not depend on the machine.
+  (``forward_features``), same process, same batch, default memory format (goal <= 1.6). The two
+  are timed alternately, one pair per round, and the median of the per-round ratios is reported
+  (with its range), so drift of the machine hits both sides of a ratio alike. Also with the
+  reported maps only, and the same ratio in FLOPs (``torch.utils.flop_counter``), which does not
+  depend on the machine.
 - train_loop: ``fit`` on the phantom for one epoch, data loading included, images/s.
 - gpu (only when CUDA is present): paper training images/s and peak memory at batch 32, with and
   without bf16 autocast + fused attention.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -49,12 +53,27 @@ def _time(fn, repeats: int, warmup: int = 1, sync=lambda: None) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def _paired_rounds(fns: dict, rounds: int, sync=lambda: None) -> dict[str, list[float]]:
+    """Seconds per call of every function, timed one after another in each of ``rounds`` rounds."""
+    for fn in fns.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def bench_phantom() -> dict:
     out = subprocess.run([sys.executable, str(HERE / "bench_phantom.py")], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
-def bench_tiny_step(batch_size: int = 16, threads: int = 2, repeats: int = 8) -> dict:
+def bench_tiny_step(batch_size: int = 16, threads: int = 2, repeats: int = 3, windows: int = 5) -> dict:
     from ssmt_lib.config import make_config
     from ssmt_lib.losses import total_loss
     from ssmt_lib.model import build_model
@@ -74,12 +93,14 @@ def bench_tiny_step(batch_size: int = 16, threads: int = 2, repeats: int = 8) ->
         loss.backward()
         opt.step()
 
-    seconds = _time(step, repeats, warmup=2)
-    return {"tiny_step_images_per_s": batch_size / seconds, "batch_size": batch_size, "image_size": cfg.model.image_size,
-            "threads": threads, "goal": 25}
+    step(), step()  # warm-up
+    rates = sorted(batch_size / _time(step, repeats, warmup=0) for _ in range(windows))
+    return {"tiny_step_images_per_s": statistics.median(rates), "slowest_window": rates[0], "fastest_window": rates[-1],
+            "windows": windows, "steps_per_window": repeats, "batch_size": batch_size,
+            "image_size": cfg.model.image_size, "threads": threads, "goal": 25}
 
 
-def bench_paper_ratio(batch_size: int = 2, repeats: int = 3, device: str = "cpu") -> dict:
+def bench_paper_ratio(batch_size: int = 2, rounds: int = 5, device: str = "cpu") -> dict:
     import timm
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -107,19 +128,20 @@ def bench_paper_ratio(batch_size: int = 2, repeats: int = 3, device: str = "cpu"
         parts = [out.nodule_logits, out.gland_logits, out.recon, out.size, out.nodule_aux_logits, out.gland_aux_logits]
         sum(p.float().mean() for p in parts).backward()
 
-    t_enc = _time(enc_step, repeats, sync=sync)
-    t_loss = _time(ssmt_loss, repeats, sync=sync)
-    t_out = _time(ssmt_outputs, repeats, sync=sync)
-    t_enc = min(t_enc, _time(enc_step, repeats, sync=sync))  # again, so drift on a shared machine shows less
+    times = _paired_rounds({"encoder": enc_step, "ssmt": ssmt_loss, "outputs": ssmt_outputs}, rounds, sync)
+    ratios = sorted(s / e for s, e in zip(times["ssmt"], times["encoder"]))
+    ratios_out = sorted(s / e for s, e in zip(times["outputs"], times["encoder"]))
     flops = {}
     for name, fn in (("encoder", enc_step), ("ssmt", ssmt_loss)):
         counter = FlopCounterMode(display=False)
         with counter:
             fn()
         flops[name] = counter.get_total_flops()
-    return {"paper_ratio": t_loss / t_enc, "paper_ratio_outputs_only": t_out / t_enc,
-            "paper_flop_ratio": flops["ssmt"] / flops["encoder"], "encoder_s": t_enc, "ssmt_s": t_loss,
-            "ssmt_outputs_only_s": t_out, "batch_size": batch_size, "device": device, "goal": 1.6}
+    med = statistics.median
+    return {"paper_ratio": med(ratios), "paper_ratio_range": [ratios[0], ratios[-1]],
+            "paper_ratio_outputs_only": med(ratios_out), "paper_flop_ratio": flops["ssmt"] / flops["encoder"],
+            "encoder_s": med(times["encoder"]), "ssmt_s": med(times["ssmt"]), "ssmt_outputs_only_s": med(times["outputs"]),
+            "rounds": rounds, "batch_size": batch_size, "device": device, "goal": 1.6}
 
 
 def bench_train_loop(phantom_n: int = 64, threads: int = 2) -> dict:
@@ -165,7 +187,7 @@ def bench_gpu(batch_size: int = 32, steps: int = 10) -> dict:
                          "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
         del model, opt
     results["device_name"] = torch.cuda.get_device_name()
-    results["paper_ratio_gpu"] = bench_paper_ratio(batch_size=batch_size, repeats=5, device="cuda")
+    results["paper_ratio_gpu"] = bench_paper_ratio(batch_size=batch_size, rounds=10, device="cuda")
     return results
 
 

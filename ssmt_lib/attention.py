@@ -60,24 +60,19 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.softmax = nn.Softmax(dim=-1)  # a module, so record_attention can hook the weights
 
-    def _heads(self, x: Tensor) -> Tensor:
+    def split_heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
         return x.reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, n, dh)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None = None,
-                kv_projected: bool = False) -> Tensor:
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None = None) -> Tensor:
         """Args:
             query: (B, Nq, D); key, value: (B, Nk, D).
             allowed: optional bool (B, heads, Nq, Nk) or broadcastable; True = may attend.
-            kv_projected: ``key`` and ``value`` already went through ``self.k`` / ``self.v`` (the
-                caller computed them more cheaply, see ``QueryLayer``).
 
         Returns:
             (B, Nq, D)
         """
-        if not kv_projected:
-            key, value = self.k(key), self.v(value)
-        q, k, v = self._heads(self.q(query)), self._heads(key), self._heads(value)
+        q, k, v = self.split_heads(self.q(query)), self.split_heads(self.k(key)), self.split_heads(self.v(value))
         if self.fused:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         else:

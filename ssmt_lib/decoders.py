@@ -11,13 +11,18 @@ to fine (1/8, 1/4, 1/2), with sine positional + level embeddings on the keys and
 built from the previous prediction; then query self-attention, then an FFN (each residual +
 LayerNorm). After the raw queries and after every layer, a prediction (eq. 7-9):
 ``Z_t = MLP(LN(P_t)) . E_pixel`` (an einsum with the full-resolution pixel embedding) and class
-logits ``O_t = LN(P_t) W_fc`` over K classes + no-object. ``Z_t`` is returned as its two factors
+logits ``O_t = LN(P_t) W_fc`` over K classes + no-object. ``Z_t`` is returned as its factors
 (see :class:`~ssmt_lib.outputs.QueryPrediction`): the next layer's eq. 6 mask takes it at the
 level's resolution and the loss on a pixel grid, so only the reported map is formed in full.
+The pixel embedding ``E_pixel = W_p F + b_p`` is a 1x1 conv of the full-resolution feature
+``F``, so ``Z_t = (m_t W_p) . F + m_t . b_p`` with ``m_t = MLP(LN(P_t))``: the projection is
+applied to the N query embeddings instead of the H*W pixels, and the mask_dim-channel
+full-resolution map is never formed.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +33,21 @@ from ssmt_lib.heads import MLP
 from ssmt_lib.outputs import QueryPrediction
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that normalizes channels_last CPU tensors in NCHW layout.
+
+    PyTorch's CPU batch-norm kernels are about 3x slower on channels_last tensors than on NCHW
+    ones (forward + backward, 4-32 channels, torch 2.x), while 3x3 convolutions are faster in
+    channels_last. Two layout copies around the norm cost less than the slow kernel, so the
+    convolutions keep channels_last and the norm gets NCHW. Same parameters and state dict.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 class ConvBlock(nn.Sequential):
     """``convs`` times 3x3 conv-BN-ReLU (TransUNet: two)."""
 
@@ -36,7 +56,7 @@ class ConvBlock(nn.Sequential):
             raise ValueError(f"ConvBlock needs at least one conv, got convs={convs}")
         layers = []
         for i in range(convs):
-            layers += [nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch),
+            layers += [nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1, bias=False), BatchNorm2d(out_ch),
                        nn.ReLU(inplace=True)]
         super().__init__(*layers)
 
@@ -79,8 +99,8 @@ class CNNDecoder(nn.Module):
         return feats, self.head(x)
 
 
-def sine_position_embedding(h: int, w: int, dim: int, device: torch.device | None = None) -> Tensor:
-    """DETR's 2-D sine embedding of a (h, w) grid: (h*w, dim); half the channels encode y, half x."""
+def sine_axis_embeddings(h: int, w: int, dim: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """The two halves of DETR's 2-D sine embedding: rows (h, dim/2) and columns (w, dim/2)."""
     if dim % 4:
         raise ValueError(f"sine position embedding needs dim divisible by 4, got {dim}")
     quarter = dim // 4
@@ -89,8 +109,99 @@ def sine_position_embedding(h: int, w: int, dim: int, device: torch.device | Non
     xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 * math.pi
     ey = torch.cat([(ys[:, None] * freq).sin(), (ys[:, None] * freq).cos()], dim=1)  # (h, dim/2)
     ex = torch.cat([(xs[:, None] * freq).sin(), (xs[:, None] * freq).cos()], dim=1)  # (w, dim/2)
+    return ey, ex
+
+
+def sine_position_embedding(h: int, w: int, dim: int, device: torch.device | None = None) -> Tensor:
+    """DETR's 2-D sine embedding of a (h, w) grid: (h*w, dim); half the channels encode y, half x."""
+    ey, ex = sine_axis_embeddings(h, w, dim, device)
     grid = torch.cat([ey[:, None].expand(h, w, -1), ex[None].expand(h, w, -1)], dim=-1)  # (h, w, dim)
     return grid.reshape(h * w, dim)  # (h*w, dim)
+
+
+@dataclass
+class KeyPositions:
+    """Positional part of one level's keys: 2-D sine embedding of its (h, w) grid + level embedding.
+
+    The sine embedding is separable, ``[e_y(i), e_x(j)]``, so a linear map of it is a row term plus
+    a column term (:meth:`projected_parts`): O((h + w) d^2) work instead of O(h w d^2).
+    """
+
+    h: int  # grid rows
+    w: int  # grid columns
+    level: Tensor  # (d,) learned level embedding
+
+    def dense(self) -> Tensor:
+        """(1, h*w, d) positions, as added to the keys in eq. 4."""
+        d = self.level.shape[-1]
+        return (sine_position_embedding(self.h, self.w, d, self.level.device) + self.level)[None]  # (1, h*w, d)
+
+    def projected_parts(self, linear: nn.Linear, shift: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``linear(self.dense() + shift)`` as ``rows[i] + cols[j] + const``.
+
+        Returns:
+            rows (h, d_out), cols (w, d_out), const (d_out,) (level, shift and the bias).
+        """
+        d = self.level.shape[-1]
+        ey, ex = sine_axis_embeddings(self.h, self.w, d, self.level.device)  # (h, d/2), (w, d/2)
+        rows = F.linear(ey, linear.weight[:, : d // 2])  # (h, d_out)
+        cols = F.linear(ex, linear.weight[:, d // 2:])  # (w, d_out)
+        return rows, cols, linear(self.level if shift is None else self.level + shift)
+
+
+class TokenCrossAttention(Attention):
+    """Cross-attention (eq. 4-5) that can attend a level's raw tokens without forming its keys and values.
+
+    Called like :class:`~ssmt_lib.attention.Attention` it is exactly that (keys and values already
+    d wide). Called with ``key_proj`` and ``key_pos``, ``key`` and ``value`` are the level's raw
+    tokens ``f`` (C_l wide). With ``k(x) = W_k (W_in f_x + b_in + pos_x) + b_k`` and
+    ``v(x) = W_v (W_in f_x + b_in) + b_v``, per head::
+
+        q . k(x)        = (W_in^T W_k^T q) . f_x  +  q . W_k pos_x  +  q . (W_k b_in + b_k)
+        sum_x a_x v(x)  = W_v W_in (sum_x a_x f_x)  +  W_v b_in + b_v      (the a_x sum to 1)
+
+    so the queries move into the C_l-wide token space, the sine part of ``W_k pos_x`` is a row score
+    plus a column score (:class:`KeyPositions`), and the value projection follows the weighted sum:
+    nothing h*w x d is formed. Same numbers as the plain path (tested). With few queries this
+    explicit path is cheaper than SDPA on the formed keys, so it is used whether or not ``fused``
+    is set; the weights still pass through ``self.softmax`` for the recorders.
+    """
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None = None, *,
+                key_proj: nn.Conv2d | None = None, key_pos: KeyPositions | None = None) -> Tensor:
+        """Args:
+            query: (B, N, d) queries with their positional embedding.
+            key, value: (B, h*w, d) as in ``Attention``; or, with ``key_proj``, both the level's raw
+                tokens (B, h*w, C_l), ``key_proj`` its 1x1 projection C_l -> d, ``key_pos`` its positions.
+            allowed: (B, heads, N, h*w) bool or None.
+
+        Returns:
+            (B, N, d)
+        """
+        if key_proj is None:
+            return super().forward(query, key, value, allowed)
+        if not isinstance(key_pos, KeyPositions) or key is not value:
+            raise TypeError("attention on raw tokens needs key is value (the tokens) and key_pos as KeyPositions")
+        tokens, (b, n, d), (h, w) = key, query.shape, (key_pos.h, key_pos.w)
+        c, heads, dh = tokens.shape[-1], self.num_heads, self.head_dim
+        w_in, b_in = key_proj.weight.flatten(1), key_proj.bias  # (d, C_l), (d,)
+        q = self.split_heads(self.q(query)) * dh**-0.5  # (B, heads, N, dh), scaled as in eq. 4
+        q_tok = torch.einsum("bhnd,hdc->bhnc", q, (self.k.weight @ w_in).view(heads, dh, c))  # (B, heads, N, C_l)
+        scores = q_tok.reshape(b, heads * n, c) @ tokens.transpose(1, 2)  # (B, heads*N, h*w)
+        rows, cols, const = key_pos.projected_parts(self.k, shift=b_in)  # (h, d), (w, d), (d,)
+        # the constant is the same for every key, so softmax ignores it; kept so eq. 4 is computed as written
+        s_rows = torch.einsum("bhnd,ihd->bhni", q, rows.view(h, heads, dh)) \
+            + torch.einsum("bhnd,hd->bhn", q, const.view(heads, dh))[..., None]  # (B, heads, N, h)
+        s_cols = torch.einsum("bhnd,jhd->bhnj", q, cols.view(w, heads, dh))  # (B, heads, N, w)
+        scores = scores.view(b, heads, n, h, w) + s_rows[..., None] + s_cols[..., None, :]  # (B, heads, N, h, w)
+        scores = scores.view(b, heads, n, h * w)  # (B, heads, N, h*w)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        attn = self.softmax(scores)  # (B, heads, N, h*w)
+        mixed = (attn.reshape(b, heads * n, h * w) @ tokens).view(b, heads, n, c)  # sum_x a_x f_x: (B, heads, N, C_l)
+        out = torch.einsum("bhnc,hdc->bhnd", mixed, (self.v.weight @ w_in).view(heads, dh, c))  # (B, heads, N, dh)
+        out = out + (self.v.weight @ b_in + self.v.bias).view(heads, 1, dh)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, N, d)
 
 
 class QueryLayer(nn.Module):
@@ -98,27 +209,26 @@ class QueryLayer(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, ffn: int, fused: bool) -> None:
         super().__init__()
-        self.cross_attn = Attention(dim, num_heads, fused)
+        self.cross_attn = TokenCrossAttention(dim, num_heads, fused)
         self.self_attn = Attention(dim, num_heads, fused)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(inplace=True), nn.Linear(ffn, dim))
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(self, p: Tensor, p_pos: Tensor, keys: Tensor, key_pos: Tensor, allowed: Tensor | None,
+    def forward(self, p: Tensor, p_pos: Tensor, keys: Tensor, key_pos: Tensor | KeyPositions, allowed: Tensor | None,
                 key_proj: nn.Conv2d | None = None) -> Tensor:
         """Args:
             p: queries (B, N, d); p_pos: (1, N, d) query positional embedding.
             keys: (B, h*w, d) one decoder level projected to d; or, with ``key_proj``, the level's
-                raw tokens (B, h*w, C_l) and its 1x1 projection C_l -> d.
-            key_pos: (1, h*w, d) sine + level embedding.
+                raw tokens (B, h*w, C_l) and its 1x1 projection C_l -> d (``key_pos`` must then
+                be :class:`KeyPositions`; see :class:`TokenCrossAttention`).
+            key_pos: (1, h*w, d) sine + level embedding, or the same as :class:`KeyPositions`.
             allowed: (B, heads, N, h*w) bool or None (unmasked).
         """
         if key_proj is None:  # eq. 4-5 as written: keys + positions, values without
-            p = self.norm1(p + self.cross_attn(p + p_pos, keys + key_pos, keys, allowed))
-        else:  # the same k = W_k (W_in f + pos), v = W_v W_in f, regrouped: (W_k W_in) f is C_l/d of the work
-            ca, w_in, b_in = self.cross_attn, key_proj.weight.flatten(1), key_proj.bias  # w_in: (d, C_l)
-            k = F.linear(keys, ca.k.weight @ w_in) + ca.k(key_pos + b_in)  # (B, h*w, d); positions once per batch
-            v = F.linear(keys, ca.v.weight @ w_in, ca.v.weight @ b_in + ca.v.bias)  # (B, h*w, d)
-            p = self.norm1(p + ca(p + p_pos, k, v, allowed, kv_projected=True))  # eq. 4-5
+            pos = key_pos.dense() if isinstance(key_pos, KeyPositions) else key_pos
+            p = self.norm1(p + self.cross_attn(p + p_pos, keys + pos, keys, allowed))
+        else:  # the same numbers, without forming the level's keys and values
+            p = self.norm1(p + self.cross_attn(p + p_pos, keys, keys, allowed, key_proj=key_proj, key_pos=key_pos))
         q = p + p_pos
         p = self.norm2(p + self.self_attn(q, q, p))
         return self.norm3(p + self.ffn(p))
@@ -136,7 +246,9 @@ class QueryDecoder(nn.Module):
         num_layers: T (layer t attends to level t mod 3).
         num_classes: K foreground classes; the class head has K + 1 outputs.
         masked: apply eq. 6 masks (False = plain cross-attention, the ablation switch).
-        fused: SDPA attention (False = explicit softmax, hookable).
+        fused: SDPA in the query self-attention (False = explicit softmax, hookable); the
+            cross-attention on raw tokens always takes an explicit path,
+            which never forms keys and is cheaper than SDPA with so few queries (see ``TokenCrossAttention``).
     """
 
     def __init__(self, level_channels: tuple[int, ...], pixel_channels: int, dim: int, num_heads: int, ffn: int,
@@ -147,17 +259,19 @@ class QueryDecoder(nn.Module):
         self.query_pos = nn.Embedding(num_queries, dim)  # positional part, added at every attention
         self.level_embed = nn.Embedding(len(level_channels), dim)
         self.input_proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in level_channels)
-        self.pixel_proj = nn.Conv2d(pixel_channels, mask_dim, 1)
+        self.pixel_proj = nn.Conv2d(pixel_channels, mask_dim, 1)  # E_pixel; used through its weights (see predict)
         self.layers = nn.ModuleList(QueryLayer(dim, num_heads, ffn, fused) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
         self.mask_mlp = MLP((dim, dim, dim, mask_dim))
         self.class_head = nn.Linear(dim, num_classes + 1)
 
-    def predict(self, p: Tensor, pixel_embed: Tensor) -> QueryPrediction:
-        """Eq. 7-9 from queries (B, N, d) and the pixel embedding (B, mask_dim, H, W)."""
+    def predict(self, p: Tensor, pixel: Tensor) -> QueryPrediction:
+        """Eq. 7-9 from queries (B, N, d) and the full-resolution CNN feature ``F`` (B, C, H, W)."""
         p = self.norm(p)
-        # Z_t = einsum(MLP(LN(P_t)), E_pixel), kept as its two factors: formed where it is used
-        return QueryPrediction(self.class_head(p), mask_embed=self.mask_mlp(p), pixel_embed=pixel_embed)
+        m = self.mask_mlp(p)  # (B, N, mask_dim)
+        # Z_t = m . (W_p F + b_p) = (m W_p) . F + m . b_p, kept as factors: formed where it is used
+        w_p = self.pixel_proj.weight.flatten(1)  # (mask_dim, C)
+        return QueryPrediction(self.class_head(p), mask_embed=m @ w_p, pixel_embed=pixel, mask_bias=m @ self.pixel_proj.bias)
 
     def forward(self, levels: list[Tensor], pixel: Tensor) -> list[QueryPrediction]:
         """Args:
@@ -168,17 +282,15 @@ class QueryDecoder(nn.Module):
             T + 1 predictions: from the raw queries, then after each layer.
         """
         b = pixel.shape[0]
-        pixel_embed = self.pixel_proj(pixel)  # (B, mask_dim, H, W)
         tokens, key_pos, sizes = [], [], []
         for i, feat in enumerate(levels):
             h, w = feat.shape[-2:]
             tokens.append(feat.flatten(2).transpose(1, 2).contiguous())  # (B, h*w, C_l); no copy if channels_last
-            pos = sine_position_embedding(h, w, self.level_embed.weight.shape[-1], feat.device) + self.level_embed.weight[i]
-            key_pos.append(pos.to(feat.dtype)[None])  # (1, h*w, d)
+            key_pos.append(KeyPositions(h, w, self.level_embed.weight[i]))
             sizes.append((h, w))
         p = self.query_feat.weight[None].expand(b, -1, -1)  # (B, N, d)
         p_pos = self.query_pos.weight[None]  # (1, N, d)
-        preds = [self.predict(p, pixel_embed)]
+        preds = [self.predict(p, pixel)]
         for t, layer in enumerate(self.layers):
             lvl = t % len(levels)
             allowed = None
@@ -187,7 +299,7 @@ class QueryDecoder(nn.Module):
                     coarse = preds[-1].mask_logits_resized(sizes[lvl])  # (B, N, h, w)
                 allowed = attention_mask_from_logits(coarse, sizes[lvl], self.num_heads)
             p = layer(p, p_pos, tokens[lvl], key_pos[lvl], allowed, key_proj=self.input_proj[lvl])
-            preds.append(self.predict(p, pixel_embed))
+            preds.append(self.predict(p, pixel))
         return preds
 
 

@@ -113,6 +113,9 @@ def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:
             raise TypeError(f"parameter {name}={value!r} for {notebook_path(notebook).name} must be {type_name}")
 
 
+KERNEL_START_ATTEMPTS = 3  # tries when the kernel dies before it answers (no cell has run yet)
+
+
 def run_notebook(notebook: str | Path, run_dir: str | Path, parameters: dict[str, Any] | None = None,
                  timeout: int | None = None, log_output: bool = False) -> Path:
     """Execute ``notebook`` with papermill into ``run_dir`` (cwd = the notebook's folder).
@@ -131,18 +134,23 @@ def run_notebook(notebook: str | Path, run_dir: str | Path, parameters: dict[str
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / path.name
     _kernel_uses_this_python()
-    try:
-        papermill.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(path.parent),
-                                   kernel_name="python3", progress_bar=False, log_output=log_output,
-                                   execution_timeout=timeout,
-                                   # the kernel's own log (TCP notice, shutdown interrupt) is noise here;
-                                   # failures still surface as cell errors / SweepError
-                                   extra_arguments=["--log-level=CRITICAL"])
-    except papermill.PapermillExecutionError as err:
-        raise SweepError(f"{output} failed in cell {err.exec_count}: {err.ename}: {err.evalue}") from err
-    except Exception as err:  # dead kernel (e.g. out of memory), cell timeout, ...: still name the notebook
-        raise SweepError(f"{output} failed: {type(err).__name__}: {err}") from err
-    return output
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        try:
+            papermill.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(path.parent),
+                                       kernel_name="python3", progress_bar=False, log_output=log_output,
+                                       execution_timeout=timeout,
+                                       # the kernel's own log (TCP notice, shutdown interrupt) is noise here;
+                                       # failures still surface as cell errors / SweepError
+                                       extra_arguments=["--log-level=CRITICAL"])
+            return output
+        except papermill.PapermillExecutionError as err:
+            raise SweepError(f"{output} failed in cell {err.exec_count}: {err.ename}: {err.evalue}") from err
+        except Exception as err:  # dead kernel (e.g. out of memory), cell timeout, ...: still name the notebook
+            # a kernel that dies while starting (seen on busy machines) ran no cell: start it again
+            if "before replying to kernel_info" in str(err) and attempt < KERNEL_START_ATTEMPTS:
+                continue
+            raise SweepError(f"{output} failed: {type(err).__name__}: {err}") from err
+    raise AssertionError("unreachable")
 
 
 def _kernel_uses_this_python() -> None:

@@ -16,25 +16,27 @@ from torch import Tensor
 class QueryPrediction:
     """One prediction of a Transformer query decoder (eq. 7-9): raw queries or after a layer.
 
-    Eq. 7's mask logits are a product, ``Z = einsum("bnd,bdhw->bnhw", mask_embed, pixel_embed)``.
-    The prediction keeps both factors and forms ``Z`` only where it is asked for: in full
-    (``mask_logits``, computed on first use, then cached), on a regular subset of pixels
-    (:func:`predictions_on_grid`, what the loss uses; Mask2Former also computes its mask losses on
-    sampled points), or resized to a feature level (the next layer's eq. 6 mask). Because ``Z`` is
-    linear in ``pixel_embed``,
-    sampling or bilinear resizing the embedding first gives the same numbers as doing it to ``Z``,
-    for a fraction of the work: the full-resolution ``Z`` of an intermediate layer is never formed
-    in training. A prediction can also hold ready-made mask logits (tests, other decoders).
+    Eq. 7's mask logits are a product, ``Z = einsum("bnd,bdhw->bnhw", mask_embed, pixel_embed)``
+    (plus an optional per-query constant ``mask_bias``). The prediction keeps the factors and forms
+    ``Z`` only where it is asked for: in full (``mask_logits``, computed on first use, then
+    cached), on a regular subset of pixels (:func:`predictions_on_grid`, what the loss uses;
+    Mask2Former also computes its mask losses on sampled points), or resized to a feature level
+    (the next layer's eq. 6 mask). Because ``Z`` is linear in ``pixel_embed``, sampling or bilinear
+    resizing the embedding first gives the same numbers as doing it to ``Z``, for a fraction of the
+    work: the full-resolution ``Z`` of an intermediate layer is never formed in training. A
+    prediction can also hold ready-made mask logits (tests, other decoders).
 
     Args:
         class_logits: (B, N, K+1), last column = no-object.
         mask_logits: (B, N, H, W) ready-made mask logits; or else give both factors:
-        mask_embed: (B, N, D) ``MLP(LN(P_t))``.
-        pixel_embed: (B, D, H, W) full-resolution pixel embedding.
+        mask_embed: (B, N, D) per-query mask embedding.
+        pixel_embed: (B, D, H, W) full-resolution per-pixel features it is dotted with.
+        mask_bias: (B, N) added to every pixel of a query's mask; None = 0.
     """
 
     def __init__(self, class_logits: Tensor, mask_logits: Tensor | None = None, *,
-                 mask_embed: Tensor | None = None, pixel_embed: Tensor | None = None) -> None:
+                 mask_embed: Tensor | None = None, pixel_embed: Tensor | None = None,
+                 mask_bias: Tensor | None = None) -> None:
         factored = mask_embed is not None and pixel_embed is not None
         partial = (mask_embed is None) != (pixel_embed is None)
         if partial or (mask_logits is not None) == factored:
@@ -42,12 +44,16 @@ class QueryPrediction:
         if factored and (mask_embed.dim() != 3 or pixel_embed.dim() != 4 or mask_embed.shape[-1] != pixel_embed.shape[1]):
             raise ValueError(f"mask_embed {tuple(mask_embed.shape)} (B, N, D) does not fit pixel_embed "
                              f"{tuple(pixel_embed.shape)} (B, D, H, W)")
+        if mask_bias is not None and (not factored or mask_bias.shape != mask_embed.shape[:2]):
+            raise ValueError(f"mask_bias needs shape (B, N) = {tuple(mask_embed.shape[:2]) if factored else '?'} "
+                             f"and the factored form, got {tuple(mask_bias.shape)}")
         self.class_logits = class_logits
-        self.mask_embed, self.pixel_embed = mask_embed, pixel_embed
+        self.mask_embed, self.pixel_embed, self.mask_bias = mask_embed, pixel_embed, mask_bias
         self._mask_logits = mask_logits
 
     def _masks_from(self, pixel_embed: Tensor) -> Tensor:
-        return torch.einsum("bnd,bdhw->bnhw", self.mask_embed, pixel_embed)  # (B, N, h, w)
+        z = torch.einsum("bnd,bdhw->bnhw", self.mask_embed, pixel_embed)  # (B, N, h, w)
+        return z if self.mask_bias is None else z + self.mask_bias[..., None, None]
 
     @property
     def mask_logits(self) -> Tensor:
@@ -78,8 +84,8 @@ class QueryPrediction:
 def predictions_on_grid(preds: list[QueryPrediction], stride: int, offset: tuple[int, int] = (0, 0)) -> list[QueryPrediction]:
     """The predictions restricted to the pixel grid ``[..., oy::stride, ox::stride]``.
 
-    The T+1 predictions of one decoder share their pixel embedding; it is sliced once, so its
-    gradient gets one full-size buffer rather than one per prediction.
+    The T+1 predictions of one decoder share their pixel embedding; it is sliced (and copied to a
+    contiguous tensor) once, so its gradient gets one full-size buffer rather than one per prediction.
 
     Returns:
         Predictions whose masks are (B, N, ceil((H - oy) / s), ceil((W - ox) / s)).
@@ -95,8 +101,9 @@ def predictions_on_grid(preds: list[QueryPrediction], stride: int, offset: tuple
             continue
         key = id(p.pixel_embed)
         if key not in sliced:
-            sliced[key] = p.pixel_embed[..., oy::stride, ox::stride]  # (B, D, h', w')
-        out.append(QueryPrediction(p.class_logits, mask_embed=p.mask_embed, pixel_embed=sliced[key]))
+            # contiguous once here, or every prediction's einsum would copy the strided slice
+            sliced[key] = p.pixel_embed[..., oy::stride, ox::stride].contiguous()  # (B, D, h', w')
+        out.append(QueryPrediction(p.class_logits, mask_embed=p.mask_embed, pixel_embed=sliced[key], mask_bias=p.mask_bias))
     return out
 
 

@@ -218,3 +218,44 @@ def test_mean_std_formatting():
     assert mean_std(summary, "dice", digits=1).tolist() == ["0.8 +- 0.0", "0.5 +- 0.0"]
     with pytest.raises(KeyError):
         mean_std(summary, "iou")
+
+
+def test_kernel_that_dies_while_starting_is_started_again(dummy, tmp_path, monkeypatch):
+    """Only a start-up death (no cell ran) is retried, at most KERNEL_START_ATTEMPTS times; other errors are not."""
+    import papermill
+
+    from ssmt_lib import experiments
+
+    real, calls = papermill.execute_notebook, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    out = experiments.run_notebook(dummy, tmp_path / "ok", {"x": 1})
+    assert len(calls) == 3 and out.exists() and (tmp_path / "ok" / "metrics.json").exists()
+
+    calls.clear()
+
+    def never_starts(*a, **k):
+        calls.append(1)
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(papermill, "execute_notebook", never_starts)
+    with pytest.raises(SweepError, match="kernel_info"):
+        experiments.run_notebook(dummy, tmp_path / "dead", {"x": 1})
+    assert len(calls) == experiments.KERNEL_START_ATTEMPTS
+
+    calls.clear()
+
+    def other(*a, **k):
+        calls.append(1)
+        raise RuntimeError("Kernel died while running a cell")
+
+    monkeypatch.setattr(papermill, "execute_notebook", other)
+    with pytest.raises(SweepError, match="while running"):
+        experiments.run_notebook(dummy, tmp_path / "other", {"x": 1})
+    assert len(calls) == 1

@@ -133,8 +133,8 @@ def test_masked_attention_equals_naive_reference(fused):
     allowed = attention_mask_from_logits(mask_logits, (3, 4), num_heads=4)
     with torch.no_grad():
         got = attn(q_in, kv, kv, allowed)
-        q = attn._heads(attn.q(q_in))
-        k, v = attn._heads(attn.k(kv)), attn._heads(attn.v(kv))
+        q = attn.split_heads(attn.q(q_in))
+        k, v = attn.split_heads(attn.k(kv)), attn.split_heads(attn.v(kv))
         ref = _naive_attention(q, k, v, allowed)
         ref = attn.proj(ref.transpose(1, 2).reshape(2, 5, 16))
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
@@ -259,23 +259,109 @@ def test_pretrained_weights_from_local_file(tmp_path):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_regrouped_key_value_projection_equals_eq4_as_written(fused):
-    """QueryLayer with key_proj computes (W_k W_in) f; the plain path W_k (W_in f + pos): same values, same grads."""
-    from ssmt_lib.decoders import QueryLayer
+@pytest.mark.parametrize("masked", [True, False])
+def test_cross_attention_on_tokens_equals_eq4_as_written(fused, masked):
+    """QueryLayer with key_proj never forms keys/values (queries moved into token space, separable sine
+    positions); the plain path projects the level and adds positions: same values, same grads."""
+    from ssmt_lib.decoders import KeyPositions, QueryLayer
 
     layer, proj = QueryLayer(32, 4, 64, fused), torch.nn.Conv2d(8, 32, 1)
     level = torch.randn(2, 8, 6, 5)
     tokens = level.flatten(2).transpose(1, 2)  # (B, h*w, C_l)
-    p, p_pos, pos = torch.randn(2, 7, 32), torch.randn(1, 7, 32), torch.randn(1, 30, 32)
-    allowed = torch.rand(2, 4, 7, 30) > 0.3
-    allowed[..., 0] = True  # no empty row
-    plain = layer(p, p_pos, proj(level).flatten(2).transpose(1, 2), pos, allowed)
-    grads_plain = torch.autograd.grad(plain.square().sum(), [proj.weight, layer.cross_attn.k.weight])
-    regrouped = layer(p, p_pos, tokens, pos, allowed, key_proj=proj)
-    grads_regrouped = torch.autograd.grad(regrouped.square().sum(), [proj.weight, layer.cross_attn.k.weight])
-    torch.testing.assert_close(regrouped, plain, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads_regrouped, grads_plain):
+    p, p_pos = torch.randn(2, 7, 32), torch.randn(1, 7, 32)
+    pos = KeyPositions(6, 5, torch.randn(32, requires_grad=True))
+    allowed = None
+    if masked:
+        allowed = torch.rand(2, 4, 7, 30) > 0.3
+        allowed[..., 0] = True  # no empty row
+    params = [proj.weight, proj.bias, layer.cross_attn.q.weight, layer.cross_attn.k.weight, layer.cross_attn.k.bias,
+              layer.cross_attn.v.weight, layer.cross_attn.v.bias, pos.level]
+    plain = layer(p, p_pos, proj(level).flatten(2).transpose(1, 2), pos.dense(), allowed)
+    grads_plain = torch.autograd.grad(plain.square().sum(), params)
+    on_tokens = layer(p, p_pos, tokens, pos, allowed, key_proj=proj)
+    grads_tokens = torch.autograd.grad(on_tokens.square().sum(), params)
+    torch.testing.assert_close(on_tokens, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_tokens, grads_plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # the level embedding and the key bias shift every score of a query alike: softmax ignores them
+    assert grads_plain[-1].abs().max() < 1e-5 and grads_plain[4].abs().max() < 1e-5
+    with pytest.raises(TypeError, match="KeyPositions"):
+        layer(p, p_pos, tokens, pos.dense(), allowed, key_proj=proj)
+    with pytest.raises(TypeError, match="key is value"):
+        layer.cross_attn(p, tokens, tokens.clone(), allowed, key_proj=proj, key_pos=pos)
+
+
+def test_cross_attention_on_tokens_is_recorded():
+    from ssmt_lib.decoders import KeyPositions, QueryLayer
+
+    layer, proj = QueryLayer(16, 2, 32, True), torch.nn.Conv2d(8, 16, 1)
+    tokens, pos = torch.randn(1, 12, 8), KeyPositions(3, 4, torch.randn(16))
+    with record_attention(layer) as maps:
+        layer(torch.randn(1, 5, 16), torch.randn(1, 5, 16), tokens, pos, None, key_proj=proj)
+    weights = maps["cross_attn"]
+    assert weights.shape == (1, 2, 5, 12)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2, 5))
+
+
+@pytest.mark.parametrize("shift", [None, "random"])
+def test_separable_key_positions_equal_the_dense_projection(shift):
+    """rows[i] + cols[j] + const from KeyPositions.projected_parts equals linear(sine grid + level + shift), grads too."""
+    from ssmt_lib.decoders import KeyPositions, sine_position_embedding
+
+    level = torch.randn(16, requires_grad=True)
+    linear = torch.nn.Linear(16, 24)
+    b = torch.randn(16) if shift else None
+    pos = KeyPositions(5, 7, level)
+    dense = pos.dense()
+    torch.testing.assert_close(dense, (sine_position_embedding(5, 7, 16) + level)[None])
+    expected = linear(dense + (0 if b is None else b))  # (1, 35, 24)
+    rows, cols, const = pos.projected_parts(linear, shift=b)
+    got = (rows[:, None] + cols[None] + const).reshape(1, 35, 24)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(expected)
+    g_expected = torch.autograd.grad((expected * weights).sum(), [linear.weight, linear.bias, level])
+    g_got = torch.autograd.grad((got * weights).sum(), [linear.weight, linear.bias, level])
+    for a, e in zip(g_got, g_expected):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+
+
+def test_query_masks_equal_eq7_with_the_pixel_embedding_formed():
+    """predict() moves the 1x1 pixel projection onto the queries; Z must equal MLP(LN(P)) . (W_p F + b_p)."""
+    model = build_model("tiny", image_size=32, mask_dim=12)  # mask_dim != pixel channels
+    qd = model.query_decoders["nodule"]
+    torch.nn.init.normal_(qd.pixel_proj.bias)
+    p, pixel = torch.randn(2, qd.query_feat.num_embeddings, qd.norm.normalized_shape[0]), torch.randn(2, 8, 32, 32)
+    pred = qd.predict(p, pixel)
+    expected = torch.einsum("bnc,bchw->bnhw", qd.mask_mlp(qd.norm(p)), qd.pixel_proj(pixel))
+    torch.testing.assert_close(pred.mask_logits, expected, rtol=1e-5, atol=1e-5)
+    size = (8, 8)
+    torch.testing.assert_close(pred.mask_logits_resized(size), F.interpolate(expected, size=size, mode="bilinear"),
+                               rtol=1e-5, atol=1e-5)
+    from ssmt_lib.outputs import QueryPrediction, predictions_on_grid
+
+    (on_grid,) = predictions_on_grid([pred], 2, (1, 0))
+    torch.testing.assert_close(on_grid.mask_logits, expected[..., 1::2, 0::2], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="mask_bias"):
+        QueryPrediction(pred.class_logits, mask_embed=pred.mask_embed, pixel_embed=pixel, mask_bias=torch.zeros(2))
+
+
+def test_batch_norm_in_nchw_on_cpu_matches_torch():
+    """decoders.BatchNorm2d runs channels_last input in NCHW: same output, stats, grads; output stays channels_last."""
+    from ssmt_lib.decoders import BatchNorm2d
+
+    ours, ref = BatchNorm2d(6), torch.nn.BatchNorm2d(6)
+    x = torch.randn(4, 6, 9, 7).contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    assert ya.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ya, yb)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    w = torch.randn_like(ya)
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
 
 
 def test_factored_masks_equal_full_masks_sampled_and_resized():
