@@ -17,7 +17,8 @@ level's resolution and the loss on a pixel grid, so only the reported map is for
 The pixel embedding ``E_pixel = W_p F + b_p`` is a 1x1 conv of the full-resolution feature
 ``F``, so ``Z_t = (m_t W_p) . F + m_t . b_p`` with ``m_t = MLP(LN(P_t))``: the projection is
 applied to the N query embeddings instead of the H*W pixels, and the mask_dim-channel
-full-resolution map is never formed.
+full-resolution map is never formed. For the same reason the cross-attention
+(:class:`TokenCrossAttention`) never forms a level's h*w keys and values.
 """
 from __future__ import annotations
 
