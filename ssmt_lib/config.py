@@ -131,8 +131,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.fusion_channels": 64,
         "model.decoder_channels": (32, 16, 8, 8),
         # One conv per decoder step: the 1/2 and full-resolution convs of three decoders were half
-        # of a CPU training step; one conv (and the 16-wide query decoder below) took a 128 px
-        # step on 2 cores from ~16 to ~23-27 images/s (goal 25).
+        # of a CPU training step; one conv and the 16-wide query decoder below took a 128 px step
+        # on 2 cores from ~16 to ~24 images/s, the cheaper query decoder to ~29 (goal 25).
         "model.decoder_convs": 1,
         "model.num_queries": 6,
         "model.query_dim": 16,
