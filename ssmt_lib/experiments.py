@@ -134,7 +134,8 @@ def run_notebook(notebook: str | Path, run_dir: str | Path, parameters: dict[str
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / path.name
     _kernel_uses_this_python()
-    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+    attempt = 1
+    while True:
         try:
             papermill.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(path.parent),
                                        kernel_name="python3", progress_bar=False, log_output=log_output,
@@ -147,10 +148,9 @@ def run_notebook(notebook: str | Path, run_dir: str | Path, parameters: dict[str
             raise SweepError(f"{output} failed in cell {err.exec_count}: {err.ename}: {err.evalue}") from err
         except Exception as err:  # dead kernel (e.g. out of memory), cell timeout, ...: still name the notebook
             # a kernel that dies while starting (seen on busy machines) ran no cell: start it again
-            if "before replying to kernel_info" in str(err) and attempt < KERNEL_START_ATTEMPTS:
-                continue
-            raise SweepError(f"{output} failed: {type(err).__name__}: {err}") from err
-    raise AssertionError("unreachable")
+            if "before replying to kernel_info" not in str(err) or attempt == KERNEL_START_ATTEMPTS:
+                raise SweepError(f"{output} failed: {type(err).__name__}: {err}") from err
+            attempt += 1
 
 
 def _kernel_uses_this_python() -> None:
