@@ -79,6 +79,12 @@ class LossConfig:
     cost_dice: float = 5.0  # Mask2Former weight of the mask Dice term
     no_object_weight: float = 0.1  # class weight of "no object" in the query cross-entropy
     aux_weight: float = 1.0  # weight of the CNN auxiliary head's BCE+Dice inside L_nodule / L_gland
+    # Scale of L_nodule / L_gland (paper Sec. 2.6: "based on the Dice loss"), see losses.task_loss:
+    # "normalized": Mask2Former's 2 CE + 5 BCE + 5 Dice divided by its weights (12) and the CNN head's
+    #   BCE + Dice by 2, then averaged: each term lies on the Dice scale (~[0, 1]), so eq. 12's
+    #   alpha..eta weigh what the paper says. "dice": soft Dice of the reported map plus the CNN
+    #   head's Dice, averaged (the paper's words, no matching). "mask2former": the raw sum (~5-10).
+    seg_loss: str = "normalized"
     deep_supervision: bool = True  # supervise the prediction of every query-decoder layer
     # matching and mask loss on a random-offset pixel grid of at most this many points; None = every pixel
     points: int | None = 12544  # Mask2Former's number of sampled points
@@ -100,7 +106,12 @@ class TrainConfig:
     num_workers: int = 4  # DataLoader workers (pinned memory on CUDA)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # channels_last memory format (faster convolutions on CUDA and on CPU)
-    max_minutes: float | None = None  # stop training after this wall time (checkpoint kept)
+    # Budgets: each phase ends when its steps or its share of max_minutes run out, and the cosine
+    # schedule ends at min_lr there (schedule.BudgetCosine). max_minutes is split between the phases
+    # in proportion to their planned steps; phase 2 also gets whatever phase 1 left unused.
+    max_minutes: float | None = None  # wall-clock budget of the whole run; None = no time limit
+    steps: int | None = None  # phase-2 optimizer steps (overrides epochs); None = epochs x steps/epoch
+    steps_pretrain: int | None = None  # phase-1 optimizer steps (overrides epochs_pretrain)
     grad_clip: float | None = 1.0  # gradient-norm clipping; None disables
     freeze_encoder: bool = False  # phase 2 trains decoders and heads only (Table 3 fine-tuning)
     label_fraction: float = 1.0  # share of training images whose masks are used (rest: phase 1 only)
@@ -165,6 +176,7 @@ _CHOICES = {
     "model.output_mode": ("transformer", "cnn", "sum"),
     "loss.matching": ("hungarian", "fixed"),
     "train.optimizer": ("adam", "adamw"),
+    "loss.seg_loss": ("normalized", "dice", "mask2former"),
 }
 
 
@@ -239,6 +251,11 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"loss.points must be >= 1 or None (every pixel), got {loss.points}")
     if loss.matching == "fixed" and m.num_queries < m.num_classes:
         raise ValueError("loss.matching='fixed' needs num_queries >= num_classes")
+    for name in ("steps", "steps_pretrain"):
+        if getattr(t, name) is not None and getattr(t, name) < 0:
+            raise ValueError(f"train.{name} must be >= 0 or None, got {getattr(t, name)}")
+    if t.max_minutes is not None and t.max_minutes <= 0:
+        raise ValueError(f"train.max_minutes must be > 0 or None, got {t.max_minutes}")
     if t.batch_size < 1 or t.epochs < 0 or t.epochs_pretrain < 0:
         raise ValueError("train.batch_size must be >= 1 and epochs >= 0")
     if not 0.0 < t.label_fraction <= 1.0:

@@ -1,10 +1,11 @@
-"""Losses of SSMT-Net (paper eq. 10-13) and the Mask2Former mask-classification loss.
+"""Losses of SSMT-Net (paper Sec. 2.6, eq. 12-13) and the Mask2Former mask-classification loss.
 
 The total loss is eq. 12 of the paper::
 
     L = alpha * L_nodule + beta * L_gland + gamma * L_size + eta * L_rec
 
-* ``L_nodule`` / ``L_gland`` (eq. 10-11, "Dice-based"): for the Transformer query decoder
+* ``L_nodule`` / ``L_gland`` ("based on the Dice loss", Sec. 2.6; kept on the Dice scale, see
+  :func:`task_loss` and ``LossConfig.seg_loss``): for the Transformer query decoder
   (eq. 4-9) the mask-classification loss of Mask2Former (Cheng et al., 2022): every query gets a
   class (K foreground classes + "no object"); each ground-truth mask is matched to one query by the
   Hungarian algorithm on the cost ``2 * class + 5 * BCE + 5 * Dice``; matched queries are trained on
@@ -329,11 +330,22 @@ def _batch_flag(batch: dict, key: str, like: Tensor) -> Tensor:
 
 
 def task_loss(out: ModelOutput, batch: dict, task: str, cfg: LossConfig) -> Tensor:
-    """``L_nodule`` or ``L_gland`` (eq. 10-11) over the samples labeled for ``task``.
+    """``L_nodule`` or ``L_gland`` of eq. 12 over the samples labeled for ``task``.
 
-    Terms: the query mask-classification loss when the model has queries, otherwise BCE + Dice
-    on the reported logits; plus ``cfg.aux_weight`` * BCE + Dice on the CNN auxiliary logits when
-    present (and not the very tensor already supervised as the reported map).
+    The paper (Sec. 2.6) says only that both are "based on the Dice loss"; ``cfg.seg_loss`` says
+    how, and every mode but "mask2former" keeps the term on the Dice scale (~[0, 1]) so that eq.
+    12's weights mean what the paper says (with the raw Mask2Former sum, ~5-10, alpha * L_nodule
+    swamps gamma * L_size by four orders of magnitude):
+
+    * "normalized" (both presets): the query mask-classification loss divided by its weights
+      ``cost_class + cost_bce + cost_dice``, and the CNN auxiliary head's BCE + Dice divided by 2;
+      the two are averaged with weights 1 : ``aux_weight``.
+    * "dice": soft Dice of the reported map and of the CNN head, averaged the same way (no
+      matching: the queries learn only through the semantic map).
+    * "mask2former": query loss + ``aux_weight`` * (BCE + Dice), unnormalised (the old scale).
+
+    Without a query decoder (baselines, CNN-only) the reported map is the CNN head; it is
+    supervised once.
 
     Args:
         out: model output.
@@ -353,17 +365,35 @@ def task_loss(out: ModelOutput, batch: dict, task: str, cfg: LossConfig) -> Tens
         raise KeyError(f"batch has no {task + '_mask'!r}; keys: {sorted(batch)}")
     target = batch[f"{task}_mask"].float()  # (B, 1, H, W)
     valid = _batch_flag(batch, f"has_{task}", target)
+    mode = cfg.seg_loss
+    dense = dice_loss if mode == "dice" else bce_dice_loss
+    dense_scale = 1.0 if mode in ("dice", "mask2former") else 0.5  # BCE + Dice -> mean of the two
 
-    terms = []
-    if queries:
-        terms.append(query_loss(queries, target, valid, cfg))
+    def dense_term(x: Tensor, name: str) -> Tensor:
+        _check_same_shape(x, target, f"{name} vs batch[{task + '_mask'!r}]")
+        return dense_scale * _masked_mean(dense(x, target, reduction="none"), valid)
+
+    terms, weights, supervised = [], [], None
+    if queries and mode != "dice":
+        query_scale = 1.0 if mode == "mask2former" else 1.0 / (cfg.cost_class + cfg.cost_bce + cfg.cost_dice)
+        terms.append(query_scale * query_loss(queries, target, valid, cfg))
+        weights.append(1.0)
     elif logits is not None:
-        _check_same_shape(logits, target, f"{task}_logits vs batch[{task + '_mask'!r}]")
-        terms.append(_masked_mean(bce_dice_loss(logits, target, reduction="none"), valid))
-    if aux is not None and not (aux is logits and not queries):
-        _check_same_shape(aux, target, f"{task}_aux_logits vs batch[{task + '_mask'!r}]")
-        terms.append(cfg.aux_weight * _masked_mean(bce_dice_loss(aux, target, reduction="none"), valid))
-    return torch.stack(terms).sum()
+        terms.append(dense_term(logits, f"{task}_logits"))
+        weights.append(1.0)
+        supervised = logits
+    if aux is not None and aux is not supervised:  # the CNN head, unless it is the map just supervised
+        terms.append(dense_term(aux, f"{task}_aux_logits"))
+        weights.append(cfg.aux_weight)
+    w = torch.tensor(weights, device=target.device)
+    if mode == "mask2former":
+        return (torch.stack(terms) * w).sum()
+    return (torch.stack(terms) * w).sum() / w.sum().clamp(min=1e-12)
+
+
+# eq. 12's weight of each term
+LOSS_WEIGHTS = {"nodule": lambda c: c.alpha, "gland": lambda c: c.beta, "size": lambda c: c.gamma,
+                "rec": lambda c: c.eta}
 
 
 def total_loss(out: ModelOutput, batch: dict, cfg: LossConfig, phase: int = 2) -> tuple[Tensor, dict[str, float]]:
@@ -386,7 +416,8 @@ def total_loss(out: ModelOutput, batch: dict, cfg: LossConfig, phase: int = 2) -
 
     Returns:
         The loss tensor and the detached parts ``{"loss", "nodule", "gland", "size", "rec"}`` as
-        floats (0.0 for a skipped term).
+        floats (0.0 for a skipped term), plus ``weighted_<term>`` = weight x value (what the term
+        contributes to L; in phase 1 the rec term is unweighted) for every term computed.
     """
     if phase not in (1, 2):
         raise ValueError(f"phase={phase!r}; choose 1 (reconstruction) or 2 (all tasks)")
@@ -412,10 +443,12 @@ def total_loss(out: ModelOutput, batch: dict, cfg: LossConfig, phase: int = 2) -
             parts["size"] = _masked_mean(size_loss(pred, target, reduction="none"), valid)
         if not parts:
             raise ValueError("phase 2: the model output has no segmentation, size or recon term to train")
-        weights = {"nodule": cfg.alpha, "gland": cfg.beta, "size": cfg.gamma, "rec": cfg.eta}
-        total = torch.stack([weights[k] * v for k, v in parts.items()]).sum()
+        total = torch.stack([LOSS_WEIGHTS[k](cfg) * v for k, v in parts.items()]).sum()
     names = ["loss", *parts]
     values = torch.stack([total.detach(), *[v.detach() for v in parts.values()]]).tolist()  # one host sync
     logged = {"loss": 0.0, "nodule": 0.0, "gland": 0.0, "size": 0.0, "rec": 0.0}
     logged.update(zip(names, values))
+    # What each term contributes to L (weight x value): the raw values hide that a term is negligible.
+    factor = {k: (1.0 if phase == 1 else LOSS_WEIGHTS[k](cfg)) for k in parts}
+    logged.update({f"weighted_{k}": factor[k] * logged[k] for k in ("nodule", "gland", "size", "rec") if k in parts})
     return total, logged

@@ -267,3 +267,94 @@ class SegmentationMeter:
             out[f"{bucket}_dice_mean"] = _mean_std([r["dice"] for r in sel])[0]
             out[f"{bucket}_iou_mean"] = _mean_std([r["iou"] for r in sel])[0]
         return out
+
+
+# ----------------------------------------------------------------------------- trivial references
+
+REFERENCE_PREDICTORS = ("all_foreground", "all_background")
+REFERENCE_MARGIN = 0.05  # a score less than this above the best trivial reference is flagged
+
+
+class ReferenceMeter:
+    """Scores of the trivial predictors on an evaluation set, accumulated batch by batch.
+
+    * ``all_foreground``: every pixel is nodule (or gland). Its Dice is ``2|G| / (|G| + HW)``,
+      about the mean foreground share for small masks: a network that only learns "say yes"
+      scores exactly this.
+    * ``all_background``: nothing is predicted: Dice 1 on an image without a mask, 0 elsewhere.
+    * for the size head, ``mean_predictor_mae``: the MAE of always answering the set's mean area
+      fraction (the mean of this very set, so the reference is if anything too easy to lose to).
+
+    Any result table shows these next to the model's scores; a model within
+    ``REFERENCE_MARGIN`` of the best of them has learnt nothing beyond it (see
+    :func:`flag_trivial`).
+    """
+
+    def __init__(self) -> None:
+        self.meters = {name: SegmentationMeter(from_logits=False, compute_hd95=False) for name in REFERENCE_PREDICTORS}
+        self.sizes: list[float] = []
+
+    @torch.no_grad()
+    def update(self, target: Tensor, valid_mask: Tensor | Sequence[bool] | None = None) -> None:
+        """Add a batch of binary ground-truth masks (B, 1, H, W) or (B, H, W) and its labeled flags."""
+        target = _as_bhw(target.detach(), "target").float()
+        self.meters["all_foreground"].update(torch.ones_like(target), target, valid_mask)
+        self.meters["all_background"].update(torch.zeros_like(target), target, valid_mask)
+        valid = torch.ones(target.shape[0], dtype=torch.bool) if valid_mask is None else \
+            torch.as_tensor(valid_mask).bool().cpu().flatten()
+        self.sizes += target.flatten(1).mean(1).cpu()[valid].tolist()
+
+    def compute(self) -> dict[str, Any]:
+        """``{"all_foreground": {dice_mean, iou_mean, dice_pooled, iou_pooled}, "all_background": {...},
+        "size_mean": float, "mean_predictor_mae": float}`` (NaN without images)."""
+        keys = ("dice_mean", "iou_mean", "dice_pooled", "iou_pooled")
+        out: dict[str, Any] = {name: {k: m.compute()[k] for k in keys} for name, m in self.meters.items()}
+        sizes = np.asarray(self.sizes, dtype=np.float64)
+        mean = float(sizes.mean()) if sizes.size else math.nan
+        out["size_mean"] = mean
+        out["mean_predictor_mae"] = float(np.abs(sizes - mean).mean()) if sizes.size else math.nan
+        return out
+
+
+def trivial_references(loader: Any, task: str = "nodule") -> dict[str, Any]:
+    """:class:`ReferenceMeter` scores of ``task`` over a loader (or any iterable of batch dicts).
+
+    Args:
+        loader: yields dicts with ``f"{task}_mask"`` (B, 1, H, W) and ``f"has_{task}"`` (B,).
+        task: "nodule" or "gland".
+
+    Returns:
+        See :meth:`ReferenceMeter.compute`.
+    """
+    meter = ReferenceMeter()
+    for batch in loader:
+        for key in (f"{task}_mask", f"has_{task}"):
+            if key not in batch:
+                raise KeyError(f"trivial_references: batch has no {key!r}; keys: {sorted(batch)}")
+        meter.update(batch[f"{task}_mask"], batch[f"has_{task}"])
+    return meter.compute()
+
+
+def best_reference(references: dict[str, Any], metric: str = "dice_mean") -> tuple[str, float]:
+    """The trivial predictor with the highest ``metric`` and its score."""
+    scores = {name: references[name][metric] for name in REFERENCE_PREDICTORS if name in references}
+    name = max(scores, key=lambda n: -math.inf if math.isnan(scores[n]) else scores[n])
+    return name, scores[name]
+
+
+def flag_trivial(score: float, references: dict[str, Any], metric: str = "dice_mean",
+                 margin: float = REFERENCE_MARGIN) -> str:
+    """"" when ``score`` clears every trivial reference by ``margin``, else a short warning text.
+
+    Args:
+        score: the model's value of ``metric`` (higher is better).
+        references: :meth:`ReferenceMeter.compute` output for the same images.
+        metric: a key of the reference dicts ("dice_mean", "dice_pooled", "iou_mean", ...).
+        margin: how far above the best reference a score must be.
+    """
+    name, ref = best_reference(references, metric)
+    if math.isnan(score):
+        return "no score"
+    if score < ref + margin:
+        return f"within {margin:.2f} of {name} ({ref:.3f})"
+    return ""

@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 
 from ssmt_lib.config import Config, from_dict, to_dict
 from ssmt_lib.losses import total_loss
-from ssmt_lib.metrics import SegmentationMeter
+from ssmt_lib.metrics import ReferenceMeter, SegmentationMeter
 from ssmt_lib.model import build_model
+from ssmt_lib.schedule import BudgetCosine
 
 CHECKPOINT = "last.pt"
 BEST = "best.pt"
@@ -208,17 +209,21 @@ def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None = None,
-             compute_hd95: bool = True, progress: bool = False) -> dict[str, Any]:
+             compute_hd95: bool = True, progress: bool = False, references: bool = True) -> dict[str, Any]:
     """Metrics of ``model`` on ``loader``: per task a ``SegmentationMeter.compute()`` dict, plus size MAE.
 
     Only images labelled for a task count for it. Returns ``{"nodule": {...}, "gland": {...},
-    "size_mae": float, "rows": {task: per-image rows}}``.
+    "size_mae": float, "rows": {task: per-image rows}, "references": {task: ..., }}`` where
+    ``references`` (with ``references=True``) holds the trivial predictors' scores on the same
+    images (:class:`~ssmt_lib.metrics.ReferenceMeter`: all-foreground, all-background, and the
+    mean size predictor's MAE), so every reported number has its floor beside it.
     """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     tasks = getattr(model, "tasks", ("nodule",))
     meters = {t: SegmentationMeter(compute_hd95=compute_hd95) for t in tasks}
+    floors = {t: ReferenceMeter() for t in tasks} if references else {}
     size_err, size_n = 0.0, 0
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
         batch = to_device(batch, device)
@@ -227,6 +232,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None =
             valid = batch[f"has_{t}"].bool()
             if valid.any():
                 meters[t].update(out.logits(t).float(), batch[f"{t}_mask"], valid_mask=valid, ids=batch["id"])
+                if references:
+                    floors[t].update(batch[f"{t}_mask"], valid)
         if out.size is not None and batch["has_nodule"].any():
             keep = batch["has_nodule"].bool()
             size_err += (out.size.float()[keep] - batch["size"][keep]).abs().sum().item()
@@ -235,6 +242,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None =
     result: dict[str, Any] = {t: m.compute() for t, m in meters.items() if m.rows}
     result["rows"] = {t: m.rows for t, m in meters.items() if m.rows}
     result["size_mae"] = size_err / size_n if size_n else float("nan")
+    if references:
+        result["references"] = {t: f.compute() for t, f in floors.items() if f.sizes}
     return result
 
 
@@ -251,17 +260,41 @@ class TrainResult:
     best: dict[str, Any]  # {"epoch", "val_nodule_dice", "val_nodule_dice_pooled"} of the selected checkpoint
     out_dir: Path | None  # run folder (checkpoints, metrics.json, history.csv) or None
     test: dict[str, Any] = field(default_factory=dict)  # test metrics of the best checkpoint
-    stopped_early: bool = False  # max_minutes reached
+    stopped_early: bool = False  # phase 2 ended on train.max_minutes before its planned steps
 
 
-def _optimizer(model: nn.Module, cfg: Config, epochs: int, steps_per_epoch: int, device: torch.device):
+def _optimizer(model: nn.Module, cfg: Config, total_steps: int, device: torch.device,
+               budget_seconds: float | None = None):
+    """Adam/AdamW and the per-step cosine that ends at ``min_lr`` after ``total_steps`` or ``budget_seconds``."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt_class = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     # fused: one kernel for all parameters (CUDA and, since torch 2.4, CPU: ~7x faster there than the loop)
     opt = opt_class(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=device.type in ("cuda", "cpu"))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch),
-                                                       eta_min=cfg.train.min_lr)
+    sched = BudgetCosine(opt, cfg.train.lr, cfg.train.min_lr, max(1, total_steps), budget_seconds)
     return opt, sched
+
+
+def phase_plan(cfg: Config, pool_sizes: dict[int, int], has_recon: bool, world_size: int = 1) -> dict[int, dict[str, int]]:
+    """Steps per epoch, epochs and optimizer steps of each phase (``train.steps*`` override epochs).
+
+    Args:
+        cfg: configuration.
+        pool_sizes: images in each phase's pool, ``{1: unlabeled, 2: train}``.
+        has_recon: whether the model has a reconstructor (phase 1 is skipped without one).
+        world_size: processes under DDP (each step sees ``world_size`` batches).
+
+    Returns:
+        ``{phase: {"steps_per_epoch", "epochs", "steps"}}``; a phase with 0 steps is skipped.
+    """
+    t = cfg.train
+    wanted = {1: (t.epochs_pretrain if has_recon else 0, t.steps_pretrain if has_recon else 0),
+              2: (t.epochs, t.steps)}
+    plan = {}
+    for phase, (epochs, steps) in wanted.items():
+        per_epoch = max(1, math.ceil(pool_sizes[phase] / (t.batch_size * world_size)))
+        total = epochs * per_epoch if steps is None else steps
+        plan[phase] = {"steps_per_epoch": per_epoch, "epochs": math.ceil(total / per_epoch), "steps": total}
+    return plan
 
 
 def is_main_process() -> bool:
@@ -327,15 +360,21 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
         start_phase, start_epoch = resume["next_phase"], resume["next_epoch"]
         _set_rng_state(resume["rng"])
     has_recon = "recon" in getattr(raw_model, "heads", ())
-    phases = [(1, t_cfg.epochs_pretrain if has_recon else 0), (2, t_cfg.epochs)]
-    t0 = time.perf_counter()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    plan = phase_plan(cfg, {1: len(datasets["unlabeled"]), 2: len(datasets["train"])}, has_recon, world)
+    budget = None if t_cfg.max_minutes is None else 60.0 * t_cfg.max_minutes
+    budget_used = resume.get("budget_used", 0.0) if resume is not None else 0.0  # seconds of finished phases
     stopped_early = False
-    for phase, epochs in phases:
-        if phase < start_phase or epochs == 0:
+    for phase in (1, 2):
+        epochs = plan[phase]["epochs"]
+        if phase < start_phase or plan[phase]["steps"] == 0:
             continue
         pool = datasets["unlabeled" if phase == 1 else "train"]
-        steps = math.ceil(len(pool) / t_cfg.batch_size)
-        opt, sched = _optimizer(raw_model, cfg, epochs, steps, device)
+        phase_budget = None
+        if budget is not None:  # this phase's share of what is left, by planned steps
+            later = sum(plan[p]["steps"] for p in (1, 2) if p >= phase)
+            phase_budget = max(budget - budget_used, 1e-3) * plan[phase]["steps"] / max(later, 1)
+        opt, sched = _optimizer(raw_model, cfg, plan[phase]["steps"], device, phase_budget)
         first = start_epoch if phase == start_phase else 0
         if resume is not None and phase == resume["phase"] and "optimizer" in resume and first > 0:
             opt.load_state_dict(resume["optimizer"])
@@ -348,7 +387,7 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
             record = _train_epoch(model, raw_model, loader, opt, sched, cfg, phase, epoch, device, progress, out)
             if phase == 2 and is_main_process():
                 val = evaluate(raw_model, make_loader(datasets["val"], t_cfg.batch_size, False, 0, workers, device),
-                               device, compute_hd95=False)
+                               device, compute_hd95=False, references=False)
                 record["val_nodule_dice"] = val.get("nodule", {}).get("dice_mean", float("nan"))
                 # Select on pooled Dice: per-image Dice scores an empty prediction on a nodule-free image
                 # as 1, so on validation sets with such images "predict nothing" could win.
@@ -362,22 +401,23 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
                     if out is not None:
                         save_checkpoint(out / BEST, _state(raw_model, cfg, model_name, history + [record], best))
             history.append(record)
-            last = epoch == epochs - 1
+            last = epoch == epochs - 1 or sched.done
             next_phase, next_epoch = (phase + 1, 0) if last else (phase, epoch + 1)
+            if last:
+                budget_used += sched.elapsed
             if out is not None and is_main_process():
                 save_checkpoint(out / CHECKPOINT, _state(raw_model, cfg, model_name, history, best, phase=phase,
                                                          next_phase=next_phase, next_epoch=next_epoch, opt=opt,
-                                                         sched=sched))
+                                                         sched=sched, budget_used=budget_used))
                 write_history(out, history)
             for cb in callbacks:
                 cb(record)
-            if t_cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 > t_cfg.max_minutes:
-                stopped_early = True
+            if last:
+                # a time-limited phase 2 that ended on its clock, not its steps, stopped early
+                stopped_early = phase == 2 and sched.steps < plan[phase]["steps"]
                 break
-        if stopped_early:
-            break
     result = TrainResult(model=raw_model, history=history, best=best, out_dir=out, stopped_early=stopped_early)
-    if evaluate_test and not stopped_early and "test" in datasets and is_main_process():
+    if evaluate_test and "test" in datasets and is_main_process():
         eval_model = raw_model
         if out is not None and (out / BEST).is_file():
             eval_model, _, _ = model_from_checkpoint(out / BEST, device)
@@ -391,9 +431,10 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
 
 
 def _state(model: nn.Module, cfg: Config, model_name: str | None, history: list, best: dict, phase: int = 2,
-           next_phase: int = 3, next_epoch: int = 0, opt=None, sched=None) -> dict[str, Any]:
+           next_phase: int = 3, next_epoch: int = 0, opt=None, sched=None, budget_used: float = 0.0) -> dict[str, Any]:
     state = {"model": model.state_dict(), "config": to_dict(cfg), "model_name": model_name, "history": history,
-             "best": best, "phase": phase, "next_phase": next_phase, "next_epoch": next_epoch, "rng": _rng_state()}
+             "best": best, "phase": phase, "next_phase": next_phase, "next_epoch": next_epoch, "rng": _rng_state(),
+             "budget_used": budget_used}
     if opt is not None:
         state["optimizer"], state["scheduler"] = opt.state_dict(), sched.state_dict()
     return state
@@ -432,9 +473,11 @@ def _train_epoch(model: nn.Module, raw_model: nn.Module, loader: DataLoader, opt
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v * images.shape[0]
         bar.set_postfix(loss=f"{parts['loss']:.4f}")
+        if sched.done:  # the phase's step or time budget is spent
+            break
     seconds = time.perf_counter() - t0
-    record = {"phase": phase, "epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 3),
-              "images_per_s": n_images / max(seconds, 1e-9)}
+    record = {"phase": phase, "epoch": epoch + 1, "step": sched.steps, "lr": opt.param_groups[0]["lr"],
+              "seconds": round(seconds, 3), "images_per_s": n_images / max(seconds, 1e-9)}
     record.update({k: v / max(n_images, 1) for k, v in sums.items()})
     return record
 

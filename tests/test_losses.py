@@ -300,16 +300,65 @@ def test_total_loss_is_eq12_and_skips_missing_terms():
         total_loss(ModelOutput(), batch, cfg)
 
 
-def test_baseline_without_queries_uses_reported_logits_and_aux_once():
-    cfg = LossConfig(aux_weight=0.5)
+@pytest.mark.parametrize("mode", ["mask2former", "normalized", "dice"])
+def test_baseline_without_queries_uses_reported_logits_and_aux_once(mode):
+    cfg = LossConfig(aux_weight=0.5, seg_loss=mode)
     out, batch = _output(queries=False), _batch(has_nodule=[True, True, False, True])
     valid = batch["has_nodule"]
-    dense = lambda x: bce_dice_loss(x[valid], batch["nodule_mask"][valid])  # noqa: E731
-    expected = dense(out.nodule_logits) + 0.5 * dense(out.nodule_aux_logits)
+    loss_fn = dice_loss if mode == "dice" else bce_dice_loss
+    scale = 0.5 if mode == "normalized" else 1.0  # BCE + Dice -> their mean
+    dense = lambda x: scale * loss_fn(x[valid], batch["nodule_mask"][valid])  # noqa: E731
+    total = dense(out.nodule_logits) + 0.5 * dense(out.nodule_aux_logits)
+    expected = total if mode == "mask2former" else total / 1.5  # weighted mean 1 : aux_weight
     assert torch.allclose(task_loss(out, batch, "nodule", cfg), expected, rtol=1e-5)
     # CNN-only model whose reported map IS the aux head: supervised once, not twice
     same = dataclasses.replace(out, nodule_aux_logits=out.nodule_logits)
     assert torch.allclose(task_loss(same, batch, "nodule", cfg), dense(out.nodule_logits), rtol=1e-5)
+
+
+def test_normalized_query_loss_is_the_mask2former_loss_over_its_weights():
+    out, batch = _output(), _batch()
+    raw = task_loss(out, batch, "nodule", LossConfig(seg_loss="mask2former", aux_weight=1.0))
+    aux = bce_dice_loss(out.nodule_aux_logits, batch["nodule_mask"])
+    torch.manual_seed(0)  # the grid offset of the query term is drawn from the global RNG
+    query = query_loss(out.nodule_queries, batch["nodule_mask"], batch["has_nodule"], LossConfig())
+    torch.manual_seed(0)
+    norm = task_loss(out, batch, "nodule", LossConfig(seg_loss="normalized", aux_weight=1.0))
+    torch.testing.assert_close(norm, (query / 12.0 + aux / 2.0) / 2.0)
+    assert raw.item() > 3 * norm.item()  # the raw sum lives on another scale
+
+
+@pytest.mark.parametrize("mode", ["normalized", "dice"])
+def test_paper_scale_loss_is_about_0_when_perfect_and_about_1_when_all_wrong(mode):
+    """L_nodule on the Dice scale: eq. 12's weights then weigh comparable numbers."""
+    cfg = LossConfig(seg_loss=mode)
+    batch = _batch(B=3)
+    target = batch["nodule_mask"]  # (B, 1, H, W), every sample has a rectangle
+    confident = lambda m: 30.0 * (2 * m - 1)  # noqa: E731  logits: +30 on m, -30 off it
+    B, N = 3, 4
+
+    def output(mask: torch.Tensor) -> ModelOutput:
+        # query 0 predicts ``mask`` and says "nodule"; the other queries say "no object"
+        cls = torch.full((B, N, 2), -30.0)
+        cls[:, 0, 0], cls[:, 1:, 1] = 30.0, 30.0
+        masks = confident(mask).expand(B, N, H, W).clone()
+        preds = [QueryPrediction(cls, masks) for _ in range(3)]
+        reported = confident(mask)
+        return ModelOutput(nodule_logits=reported, nodule_aux_logits=reported.clone(), nodule_queries=preds)
+
+    perfect = task_loss(output(target), batch, "nodule", cfg).item()
+    wrong = task_loss(output(1 - target), batch, "nodule", cfg).item()
+    assert perfect < 0.02, perfect
+    if mode == "dice":
+        assert 0.95 < wrong <= 1.0, wrong
+    else:  # the Dice parts are ~1; the BCE parts of confident wrong logits grow with the logits
+        torch.manual_seed(0)
+        dice_part = dice_loss(confident(1 - target), target).item()
+        assert 0.95 < dice_part <= 1.0 and wrong > 0.5, (dice_part, wrong)
+    # the weighted log says what each term contributes
+    total, parts = total_loss(output(1 - target), batch, cfg)
+    assert math.isclose(parts["weighted_nodule"], cfg.alpha * parts["nodule"], rel_tol=1e-6)
+    assert "weighted_gland" not in parts
 
 
 def test_bad_inputs_raise_clear_errors():

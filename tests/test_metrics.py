@@ -136,3 +136,36 @@ def test_meter_rejects_bad_input():
         meter.update(x, torch.zeros(2, 1, 8, 8), ids=["a"])
     with pytest.raises(ValueError, match="threshold"):
         SegmentationMeter(threshold=1.5)
+
+
+def test_trivial_references_match_a_hand_computation():
+    from ssmt_lib.metrics import ReferenceMeter, flag_trivial, trivial_references
+
+    # three 4x4 masks: 4 foreground pixels, 8 pixels, and an empty one; the third is unlabeled in
+    # the second batch layout, so it must not count there
+    a = torch.zeros(1, 1, 4, 4)
+    a[..., :2, :2] = 1
+    b = torch.zeros(1, 1, 4, 4)
+    b[..., :2, :] = 1
+    empty = torch.zeros(1, 1, 4, 4)
+    masks = torch.cat([a, b, empty])
+    refs = trivial_references([{"nodule_mask": masks, "has_nodule": torch.tensor([True, True, True])}])
+    fg = refs["all_foreground"]
+    # Dice of "everything" vs G: 2|G| / (|G| + 16); the empty image gives 0 (one side empty)
+    assert fg["dice_mean"] == pytest.approx((2 * 4 / 20 + 2 * 8 / 24 + 0.0) / 3)
+    assert fg["iou_mean"] == pytest.approx((4 / 16 + 8 / 16 + 0.0) / 3)
+    assert fg["dice_pooled"] == pytest.approx(2 * 12 / (12 + 48))
+    bg = refs["all_background"]
+    assert bg["dice_mean"] == pytest.approx(1 / 3) and bg["dice_pooled"] == 0.0  # only the empty image scores
+    sizes = [4 / 16, 8 / 16, 0.0]
+    assert refs["size_mean"] == pytest.approx(np.mean(sizes))
+    assert refs["mean_predictor_mae"] == pytest.approx(np.mean(np.abs(np.array(sizes) - np.mean(sizes))))
+    # unlabeled images are left out
+    meter = ReferenceMeter()
+    meter.update(masks, torch.tensor([True, True, False]))
+    assert meter.compute()["all_background"]["dice_mean"] == 0.0
+    # a score near the best reference is flagged; one clear of it is not
+    assert "all_foreground" in flag_trivial(fg["dice_mean"] + 0.01, refs)
+    assert flag_trivial(fg["dice_mean"] + 0.2, refs) == ""
+    with pytest.raises(KeyError, match="has_nodule"):
+        trivial_references([{"nodule_mask": masks}])

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 import ssmt_lib.train as train_module
 from ssmt_lib.__main__ import main
 from ssmt_lib.config import make_config
+from ssmt_lib.metrics import trivial_references
 from ssmt_lib.train import (
     NonFiniteLossError,
     build_data,
@@ -194,11 +195,13 @@ def test_evaluate_returns_metrics_per_task(unbroken):
     model, cfg, _ = model_from_checkpoint(out / "best.pt")
     data = build_data("phantom", image_size=SIZE, phantom_n=N, seed=cfg.train.seed)
     result = evaluate(model, make_loader(data["val"], 4, False, 0))
-    assert set(result) == {"nodule", "gland", "size_mae", "rows"}
+    assert set(result) == {"nodule", "gland", "size_mae", "rows", "references"}
     for task in ("nodule", "gland"):
         rows = result["rows"][task]
         assert result[task]["n"] == len(rows) == len(data["val"])
         assert result[task]["dice_mean"] == pytest.approx(sum(r["dice"] for r in rows) / len(rows))
+        # the floors are the trivial predictors on the same images
+        assert result["references"][task] == trivial_references(make_loader(data["val"], 4, False, 0), task)
     assert 0.0 <= result["size_mae"] <= 1.0
     # images without labels count for no task
     unlabeled = evaluate(model, make_loader(data["unlabeled"], 4, False, 0), compute_hd95=False)
