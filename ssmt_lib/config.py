@@ -107,9 +107,10 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # channels_last memory format (faster convolutions on CUDA and on CPU)
     # Budgets: each phase ends when its steps or its share of max_minutes run out, and the cosine
-    # schedule ends at min_lr there (schedule.BudgetCosine). max_minutes is split between the phases
-    # in proportion to their planned steps; phase 2 also gets whatever phase 1 left unused.
+    # schedule ends at min_lr there (schedule.BudgetCosine). Phase 2 also gets whatever phase 1
+    # left unused of its share.
     max_minutes: float | None = None  # wall-clock budget of the whole run; None = no time limit
+    pretrain_share: float | None = None  # share of max_minutes for phase 1, in (0, 1); None = by planned steps
     steps: int | None = None  # phase-2 optimizer steps (overrides epochs); None = epochs x steps/epoch
     steps_pretrain: int | None = None  # phase-1 optimizer steps (overrides epochs_pretrain)
     grad_clip: float | None = 1.0  # gradient-norm clipping; None disables
@@ -254,6 +255,9 @@ def validate(cfg: Config) -> Config:
     for name in ("steps", "steps_pretrain"):
         if getattr(t, name) is not None and getattr(t, name) < 0:
             raise ValueError(f"train.{name} must be >= 0 or None, got {getattr(t, name)}")
+    if t.pretrain_share is not None and not 0.0 < t.pretrain_share < 1.0:
+        # no phase 1 at all is epochs_pretrain=0, not a zero share
+        raise ValueError(f"train.pretrain_share must be in (0, 1) or None, got {t.pretrain_share}")
     if t.max_minutes is not None and t.max_minutes <= 0:
         raise ValueError(f"train.max_minutes must be > 0 or None, got {t.max_minutes}")
     if t.batch_size < 1 or t.epochs < 0 or t.epochs_pretrain < 0:

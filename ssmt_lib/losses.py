@@ -391,6 +391,37 @@ def task_loss(out: ModelOutput, batch: dict, task: str, cfg: LossConfig) -> Tens
     return (torch.stack(terms) * w).sum() / w.sum().clamp(min=1e-12)
 
 
+def loss_terms(out: ModelOutput, batch: dict, cfg: LossConfig, phase: int = 2) -> dict[str, Tensor]:
+    """The unweighted terms of eq. 12 this output can be trained on: ``{"nodule", "gland", "size", "rec"}``.
+
+    Phase 1 has only ``rec``. See :func:`total_loss` for what each term uses.
+    """
+    if phase not in (1, 2):
+        raise ValueError(f"phase={phase!r}; choose 1 (reconstruction) or 2 (all tasks)")
+    parts: dict[str, Tensor] = {}
+    if out.recon is not None:
+        if "image" not in batch:
+            raise KeyError(f"batch has no 'image'; keys: {sorted(batch)}")
+        parts["rec"] = charbonnier_loss(out.recon, batch["image"], cfg.charbonnier_eps)
+    if phase == 1:
+        if "rec" not in parts:
+            raise ValueError("phase 1 trains the reconstructor, but the model output has no recon (model.reconstruction=False?)")
+        return parts
+    for task in TASKS:
+        if out.logits(task) is not None or out.aux_logits(task) is not None or out.queries(task):
+            parts[task] = task_loss(out, batch, task, cfg)
+    if out.size is not None:
+        if "size" not in batch:
+            raise KeyError(f"batch has no 'size' (nodule area fraction); keys: {sorted(batch)}")
+        pred = out.size.flatten()  # (B,)
+        valid = _batch_flag(batch, "has_nodule", pred)
+        target = torch.as_tensor(batch["size"], device=pred.device).float().flatten()  # (B,)
+        parts["size"] = _masked_mean(size_loss(pred, target, reduction="none"), valid)
+    if not parts:
+        raise ValueError("phase 2: the model output has no segmentation, size or recon term to train")
+    return parts
+
+
 # eq. 12's weight of each term
 LOSS_WEIGHTS = {"nodule": lambda c: c.alpha, "gland": lambda c: c.beta, "size": lambda c: c.gamma,
                 "rec": lambda c: c.eta}
@@ -419,30 +450,10 @@ def total_loss(out: ModelOutput, batch: dict, cfg: LossConfig, phase: int = 2) -
         floats (0.0 for a skipped term), plus ``weighted_<term>`` = weight x value (what the term
         contributes to L; in phase 1 the rec term is unweighted) for every term computed.
     """
-    if phase not in (1, 2):
-        raise ValueError(f"phase={phase!r}; choose 1 (reconstruction) or 2 (all tasks)")
-    parts: dict[str, Tensor] = {}
-    if out.recon is not None:
-        if "image" not in batch:
-            raise KeyError(f"batch has no 'image'; keys: {sorted(batch)}")
-        parts["rec"] = charbonnier_loss(out.recon, batch["image"], cfg.charbonnier_eps)
+    parts = loss_terms(out, batch, cfg, phase)
     if phase == 1:
-        if "rec" not in parts:
-            raise ValueError("phase 1 trains the reconstructor, but the model output has no recon (model.reconstruction=False?)")
         total = parts["rec"]
     else:
-        for task in TASKS:
-            if out.logits(task) is not None or out.aux_logits(task) is not None or out.queries(task):
-                parts[task] = task_loss(out, batch, task, cfg)
-        if out.size is not None:
-            if "size" not in batch:
-                raise KeyError(f"batch has no 'size' (nodule area fraction); keys: {sorted(batch)}")
-            pred = out.size.flatten()  # (B,)
-            valid = _batch_flag(batch, "has_nodule", pred)
-            target = torch.as_tensor(batch["size"], device=pred.device).float().flatten()  # (B,)
-            parts["size"] = _masked_mean(size_loss(pred, target, reduction="none"), valid)
-        if not parts:
-            raise ValueError("phase 2: the model output has no segmentation, size or recon term to train")
         total = torch.stack([LOSS_WEIGHTS[k](cfg) * v for k, v in parts.items()]).sum()
     names = ["loss", *parts]
     values = torch.stack([total.detach(), *[v.detach() for v in parts.values()]]).tolist()  # one host sync

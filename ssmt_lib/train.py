@@ -371,9 +371,12 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
             continue
         pool = datasets["unlabeled" if phase == 1 else "train"]
         phase_budget = None
-        if budget is not None:  # this phase's share of what is left, by planned steps
-            later = sum(plan[p]["steps"] for p in (1, 2) if p >= phase)
-            phase_budget = max(budget - budget_used, 1e-3) * plan[phase]["steps"] / max(later, 1)
+        if budget is not None:  # this phase's share of what is left
+            share = t_cfg.pretrain_share
+            if share is None or plan[2]["steps"] == 0:  # by planned steps
+                later = sum(plan[p]["steps"] for p in (1, 2) if p >= phase)
+                share = plan[phase]["steps"] / max(later, 1)
+            phase_budget = max(budget - budget_used, 1e-3) * (share if phase == 1 else 1.0)
         opt, sched = _optimizer(raw_model, cfg, plan[phase]["steps"], device, phase_budget)
         first = start_epoch if phase == start_phase else 0
         if resume is not None and phase == resume["phase"] and "optimizer" in resume and first > 0:
