@@ -86,7 +86,9 @@ def hd95(pred: np.ndarray | Tensor, target: np.ndarray | Tensor) -> float:
 
     The distances from every boundary pixel of P to the nearest boundary pixel of G and from G to
     P are pooled and their 95th percentile is returned (the medpy ``hd95`` definition). Distances
-    come from ``scipy.ndimage.distance_transform_edt``.
+    come from ``scipy.ndimage.distance_transform_edt``. tests/test_metrics.py checks them against
+    MONAI's ``get_mask_edges`` / ``get_surface_distance``; MONAI's own ``compute_hausdorff_distance``
+    reports the larger of the two directed 95th percentiles instead (another number).
 
     Args:
         pred: (H, W) binary prediction.

@@ -402,10 +402,16 @@ def test_stitch_shapes_and_masks():
     ib, mb = _square_sample(20, 50)
     a = {"image": ia, "nodule_mask": ma, "gland_mask": None, "id": "a", "patient": "p"}
     b = {"image": ib, "nodule_mask": mb, "gland_mask": None, "id": "b", "patient": "p"}
-    side = stitch(a, b)
-    assert side["image"].shape == (40, 130) and side["nodule_mask"].shape == (40, 130)
-    np.testing.assert_array_equal(side["nodule_mask"][:, :30], ma)
+    side = stitch(a, b)  # a square of a's longer side, each scan in its half, aspect kept (A.Mosaic)
+    assert side["image"].shape == (40, 40) and side["nodule_mask"].shape == (40, 40)
     assert side["gland_mask"] is None and side["id"] == "a+b" and side["patient"] == "p"
+    big_a, big_b = _square_sample(160, 120), _square_sample(80, 200)  # large enough for nearest rounding
+    wide = stitch(dict(a, image=big_a[0], nodule_mask=big_a[1]), dict(b, image=big_b[0], nodule_mask=big_b[1]))
+    assert wide["image"].shape == (160, 160)
+    for half, mask in zip((wide["nodule_mask"][:, :80], wide["nodule_mask"][:, 80:]), (big_a[1], big_b[1])):
+        (ys, xs), (ys0, xs0) = np.nonzero(half), np.nonzero(mask)
+        ratio, ratio0 = (np.ptp(ys) + 1) / (np.ptp(xs) + 1), (np.ptp(ys0) + 1) / (np.ptp(xs0) + 1)
+        assert abs(ratio / ratio0 - 1) < 0.1, (ratio, ratio0)  # height/width kept: no aspect squash
     top = stitch(a, b, vertical=True, size=24)
     assert top["image"].shape == (24, 24) and set(np.unique(top["nodule_mask"])) <= {0, 1}
     assert top["nodule_mask"][:12].sum() > 0 and top["nodule_mask"][12:].sum() > 0  # both nodules kept

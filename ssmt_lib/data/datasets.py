@@ -249,7 +249,7 @@ class SegmentationDataset(Dataset):
             other = self._load_checked(j)
             extras = {k: (v or other["extras"].get(k, v)) if isinstance(v, bool)
                       else max(v, other["extras"].get(k, v)) for k, v in raw["extras"].items()}
-            raw = stitch(raw, other, vertical=torch.rand(()).item() < 0.5)
+            raw = stitch(raw, other, vertical=torch.rand(()).item() < 0.5, size=self.image_size)
             raw["extras"] = extras  # stitched: worst TI-RADS level, malignant if either is
         return self._finish(raw)
 

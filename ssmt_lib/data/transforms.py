@@ -9,7 +9,11 @@ flip, rotation, zoom-out and stitching. Here:
   normalisation. Intensity ops come before the affine so the black border stays black.
 - ``eval_transform``: resize + normalisation only.
 - ``stitch``: two scans side by side (or stacked) with their masks, a mosaic-style augmentation that
-  yields several, smaller nodules per image; the pipeline's resize brings it back to the input size.
+  yields several, smaller nodules per image. It is albumentations' ``A.Mosaic`` on a 1x2 (or 2x1)
+  grid whose cells exactly tile the square output, with ``fit_mode="contain"``: each scan is
+  shrunk into its half with its aspect ratio kept and letterboxed with black, so a nodule keeps its
+  shape (taller-than-wide is a TI-RADS feature; the paper only says "stitching").
+  The output is already square, so the pipeline's resize does not squash it.
 
 Masks go through albumentations' ``mask`` target: every geometric op uses nearest-neighbour
 interpolation and fills borders with 0, so masks stay binary and aligned with the image.
@@ -21,7 +25,6 @@ from __future__ import annotations
 import random
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 
@@ -119,18 +122,25 @@ def seed_transform(transform: A.Compose, seed: int) -> None:
         np.random.seed(seed % 2**32)
 
 
-def _resize(arr: np.ndarray | None, width: int, height: int, nearest: bool) -> np.ndarray | None:
-    if arr is None:
-        return None
-    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.resize(arr, (width, height), interpolation=interp)
+def _mosaic(side: int, vertical: bool) -> A.Compose:
+    """``A.Mosaic`` placing two items in the two halves of a ``side`` x ``side`` square, aspect kept.
+
+    The grid (1x2, or 2x1 when ``vertical``) of cells of half the side is exactly the output, so
+    Mosaic's random crop centre has nothing to choose and the result is deterministic.
+    """
+    half = (side + 1) // 2
+    grid, cell = ((2, 1), (half, side)) if vertical else ((1, 2), (side, half))
+    return A.Compose([A.Mosaic(grid_yx=grid, target_size=(side, side), cell_shape=cell, fit_mode="contain",
+                               fill=0, fill_mask=0, p=1.0)])
 
 
 def stitch(a: dict, b: dict, vertical: bool = False, size: int | None = None) -> dict:
     """Stitch two raw samples side by side (or stacked when ``vertical``) with their masks.
 
-    ``b`` is resized (aspect kept) to ``a``'s height (or width when vertical) first. Masks are
-    concatenated the same way; a mask that is ``None`` in both samples stays ``None``.
+    Done by albumentations' ``A.Mosaic`` (see :func:`_mosaic`): ``a`` fills the left (top) half
+    and ``b`` the right (bottom) half of a square, each resized with its aspect ratio kept and
+    padded with 0 (masks nearest-neighbour, so they stay binary). A mask that is ``None`` in both
+    samples stays ``None``.
 
     Args:
         a: dict with ``image`` (H, W) uint8 and ``nodule_mask`` / ``gland_mask`` (H, W) uint8
@@ -138,35 +148,31 @@ def stitch(a: dict, b: dict, vertical: bool = False, size: int | None = None) ->
             joined by "+".
         b: same kind of dict.
         vertical: stack top/bottom instead of left/right.
-        size: if given, resize the result to ``size`` x ``size`` (masks nearest-neighbour).
+        size: side of the square result; None = the longer side of ``a``.
 
     Returns:
-        A new dict of the same form.
+        A new dict of the same form, image and masks (size, size).
     """
-    ha, wa = a["image"].shape[:2]
-    hb, wb = b["image"].shape[:2]
-    if vertical:  # match widths, stack rows
-        new_w, new_h = wa, max(1, round(hb * wa / wb))
-        axis = 0
-    else:  # match heights, join columns
-        new_w, new_h = max(1, round(wb * ha / hb)), ha
-        axis = 1
-    out = dict(a)
-    out["image"] = np.concatenate([a["image"], _resize(b["image"], new_w, new_h, False)], axis=axis)
-    for key in ("nodule_mask", "gland_mask"):
-        ma, mb = a.get(key), b.get(key)
-        if (ma is None) != (mb is None):
+    keys = ("nodule_mask", "gland_mask")
+    for key in keys:
+        if (a.get(key) is None) != (b.get(key) is None):
             raise ValueError(f"cannot stitch: {key} is present in one sample only "
                              f"({a.get('id')!r}, {b.get('id')!r})")
-        out[key] = None if ma is None else np.concatenate([ma, _resize(mb, new_w, new_h, True)],
-                                                          axis=axis)
+    side = int(size) if size is not None else max(a["image"].shape[:2])
+    present = [k for k in keys if a.get(k) is not None]
+
+    def masks(x: dict) -> np.ndarray:  # (H, W, K), K >= 1 (a zero channel when there is no mask)
+        planes = [x[k] for k in present] or [np.zeros(x["image"].shape[:2], np.uint8)]
+        return np.stack(planes, axis=-1)
+
+    res = _mosaic(side, vertical)(image=a["image"], mask=masks(a), mosaic_metadata=[{"image": b["image"], "mask": masks(b)}])
+    out = dict(a)
+    out["image"] = np.ascontiguousarray(res["image"])  # (side, side)
+    for k in keys:
+        out[k] = np.ascontiguousarray(res["mask"][..., present.index(k)]) if k in present else None
     for key in ("id", "patient"):
         if key in a and key in b:
             out[key] = a[key] if a[key] == b[key] else f"{a[key]}+{b[key]}"
-    if size is not None:
-        out["image"] = _resize(out["image"], size, size, False)
-        for key in ("nodule_mask", "gland_mask"):
-            out[key] = _resize(out[key], size, size, True)
     return out
 
 
