@@ -116,6 +116,12 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # gradient-norm clipping; None disables
     freeze_encoder: bool = False  # phase 2 trains decoders and heads only (Table 3 fine-tuning)
     label_fraction: float = 1.0  # share of training images whose masks are used (rest: phase 1 only)
+    # --- multi-GPU (torchrun) and the baselines' own protocols (BASELINE_SETTINGS) ---
+    # under torchrun: BatchNorm -> SyncBatchNorm, statistics over the global batch (CUDA only; off =
+    # per-GPU statistics, what a single-GPU run of batch_size sees)
+    sync_batchnorm: bool = False
+    task_pairs: bool = False  # phase-2 batches alternate nodule and gland images (TRFE-Net); even batch_size
+    momentum: float = 0.9  # SGD momentum (train.optimizer="sgd"; TRFE-Net's reference code uses 0.9)
 
 
 @dataclass
@@ -176,7 +182,7 @@ _SECTIONS = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
 _CHOICES = {
     "model.output_mode": ("transformer", "cnn", "sum"),
     "loss.matching": ("hungarian", "fixed"),
-    "train.optimizer": ("adam", "adamw"),
+    "train.optimizer": ("adam", "adamw", "sgd"),
     "loss.seg_loss": ("normalized", "dice", "mask2former"),
 }
 
@@ -262,6 +268,8 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"train.max_minutes must be > 0 or None, got {t.max_minutes}")
     if t.batch_size < 1 or t.epochs < 0 or t.epochs_pretrain < 0:
         raise ValueError("train.batch_size must be >= 1 and epochs >= 0")
+    if t.task_pairs and t.batch_size % 2:
+        raise ValueError(f"train.task_pairs needs an even train.batch_size (half nodule, half gland), got {t.batch_size}")
     if not 0.0 < t.label_fraction <= 1.0:
         raise ValueError(f"train.label_fraction must be in (0, 1], got {t.label_fraction}")
     if not 0.0 <= t.mask_ratio < 1.0:

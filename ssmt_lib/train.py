@@ -118,17 +118,56 @@ def build_data(data: str = "phantom", data_root: str | Path | None = None, image
     return {"train": train, "unlabeled": unlabeled_pool(pools), **evals}
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-                device: torch.device | None = None, drop_last: bool = False) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed`` (and the sampler's epoch under DDP)."""
-    cuda = device is not None and device.type == "cuda"
-    sampler = None
+# Added to a loader's seed per DDP rank (worker seeds) and to the global seed (in-process augmentation),
+# so that ranks draw different augmentations; a prime, far from the epoch/phase offsets of fit's seeds.
+RANK_SEED_STRIDE = 1_000_003
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) without a process group."""
     if dist.is_available() and dist.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                device: torch.device | None = None, drop_last: bool = False, shard: bool = False,
+                task_pairs: bool = False) -> DataLoader:
+    """A DataLoader whose order depends only on ``seed`` (and, under DDP, the rank).
+
+    Args:
+        dataset: the data.
+        batch_size: images per batch (per process under DDP).
+        shuffle: random order (training).
+        seed: order seed; every rank uses the same one, so DDP ranks split one permutation.
+        num_workers: DataLoader worker processes.
+        device: pinned memory when CUDA.
+        drop_last: drop a last incomplete batch.
+        shard: under DDP (a process group exists) give each rank its share through a
+            ``DistributedSampler``; for training loaders only. Evaluation loaders leave it False,
+            so every rank sees the whole set and validation/test metrics cover all of it.
+        task_pairs: batches of alternating nodule- and gland-labelled images (TRFE-Net's batches,
+            :class:`~ssmt_lib.data.TaskPairSampler`; ``shuffle`` is implied), sharded by pairs
+            when ``shard``.
+
+    The loader's generator, which seeds its worker processes (and so their augmentation), is
+    seeded with ``seed + RANK_SEED_STRIDE * rank``: ranks draw different augmentations.
+    """
+    from ssmt_lib.data import TaskPairSampler
+
+    cuda = device is not None and device.type == "cuda"
+    rank, world = rank_and_world()
+    sampler = None
+    if task_pairs:
+        sampler = TaskPairSampler(dataset, seed, rank=rank if shard else 0, world=world if shard else 1)
+        shuffle = False
+    elif shard and world > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
+                                     drop_last=drop_last)
         shuffle = False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
                       pin_memory=cuda, drop_last=drop_last, persistent_workers=False,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed + RANK_SEED_STRIDE * rank))
 
 
 def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
@@ -297,6 +336,40 @@ def phase_plan(cfg: Config, pool_sizes: dict[int, int], has_recon: bool, world_s
     return plan
 
 
+def epoch_images(dataset: Dataset, train_cfg: Any) -> int:
+    """Images one phase-2 epoch draws from ``dataset`` (all ranks together, before DDP padding).
+
+    ``len(dataset)``, or twice the nodule images with ``train.task_pairs`` (each paired with a
+    gland image, :class:`~ssmt_lib.data.TaskPairSampler`).
+    """
+    if not train_cfg.task_pairs:
+        return len(dataset)
+    from ssmt_lib.data import TaskPairSampler
+
+    return len(TaskPairSampler(dataset, seed=0))
+
+
+def _gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (a collective call under DDP)."""
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, _rng_state())
+    return states
+
+
+def _rank_rng(ckpt: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The RNG state this rank resumes with: its own from ``rng_ranks`` when the checkpoint was
+    written by as many ranks; else rank 0's ``rng`` (single process), or, for another world size,
+    a fresh per-rank seed (the augmentation then differs from an unbroken run)."""
+    rank, world = rank_and_world()
+    ranks = ckpt.get("rng_ranks")
+    if ranks is not None and len(ranks) == world:
+        return ranks[rank]
+    if world == 1:
+        return ckpt["rng"]
+    seed_everything(seed + RANK_SEED_STRIDE * rank + 7919 * (1 + int(ckpt.get("next_epoch", 0))))
+    return _rng_state()
+
+
 def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
@@ -331,6 +404,11 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = device or default_device()
     cuda = device.type == "cuda"
+    if distributed and cuda:
+        torch.cuda.set_device(device)  # collectives on objects (all_gather_object) use the current device
+    if distributed and t_cfg.sync_batchnorm and not cuda:
+        raise ValueError("train.sync_batchnorm=True needs CUDA: torch's SyncBatchNorm has no CPU kernel "
+                         "(under gloo on CPU leave it False: each process normalizes with its own batch)")
     seed_everything(t_cfg.seed)
     model = build_model(model_name, image_size=cfg.model.image_size) if model_name else build_model(config=cfg)
     if init_checkpoint is not None:
@@ -340,10 +418,14 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
     model = model.to(device)
     if t_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if distributed and t_cfg.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameter and buffer names
     raw_model = model
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None,
                                                     find_unused_parameters=True)
+        # DDP copied rank 0's weights to every rank; from here on each rank draws its own augmentation
+        seed_everything(t_cfg.seed + RANK_SEED_STRIDE * dist.get_rank())
     if datasets is None:
         datasets = build_data(data, data_root, image_size=cfg.model.image_size, seed=t_cfg.seed,
                               label_fraction=t_cfg.label_fraction, **data_options)
@@ -358,10 +440,10 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
         raw_model.load_state_dict(resume["model"])
         history, best = resume["history"], resume["best"]
         start_phase, start_epoch = resume["next_phase"], resume["next_epoch"]
-        _set_rng_state(resume["rng"])
+        _set_rng_state(_rank_rng(resume, t_cfg.seed))
     has_recon = "recon" in getattr(raw_model, "heads", ())
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    plan = phase_plan(cfg, {1: len(datasets["unlabeled"]), 2: len(datasets["train"])}, has_recon, world)
+    plan = phase_plan(cfg, {1: len(datasets["unlabeled"]), 2: epoch_images(datasets["train"], t_cfg)}, has_recon, world)
     budget = None if t_cfg.max_minutes is None else 60.0 * t_cfg.max_minutes
     budget_used = resume.get("budget_used", 0.0) if resume is not None else 0.0  # seconds of finished phases
     stopped_early = False
@@ -384,7 +466,8 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
             sched.load_state_dict(resume["scheduler"])
         for epoch in range(first, epochs):
             loader = make_loader(pool, t_cfg.batch_size, True, seed=t_cfg.seed * 100_003 + phase * 1009 + epoch,
-                                 num_workers=workers, device=device)
+                                 num_workers=workers, device=device, shard=True,
+                                 task_pairs=phase == 2 and t_cfg.task_pairs)
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
             record = _train_epoch(model, raw_model, loader, opt, sched, cfg, phase, epoch, device, progress, out)
@@ -408,10 +491,13 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
             next_phase, next_epoch = (phase + 1, 0) if last else (phase, epoch + 1)
             if last:
                 budget_used += sched.elapsed
+            rng_ranks = _gather_rng_states() if distributed else None  # a collective: every rank calls it
             if out is not None and is_main_process():
-                save_checkpoint(out / CHECKPOINT, _state(raw_model, cfg, model_name, history, best, phase=phase,
-                                                         next_phase=next_phase, next_epoch=next_epoch, opt=opt,
-                                                         sched=sched, budget_used=budget_used))
+                state = _state(raw_model, cfg, model_name, history, best, phase=phase, next_phase=next_phase,
+                               next_epoch=next_epoch, opt=opt, sched=sched, budget_used=budget_used)
+                if rng_ranks is not None:
+                    state["rng_ranks"] = rng_ranks  # each rank resumes its own augmentation stream
+                save_checkpoint(out / CHECKPOINT, state)
                 write_history(out, history)
             for cb in callbacks:
                 cb(record)
@@ -430,6 +516,8 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
         if not result.test and previous.is_file():  # resuming a finished run must not drop its test metrics
             result.test = json.loads(previous.read_text()).get("test", {})
         write_metrics(out / "metrics.json", cfg, history, best, result.test, model_name)
+    if distributed:
+        dist.barrier()  # the other ranks wait for rank 0's test evaluation and files
     return result
 
 

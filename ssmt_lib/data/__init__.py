@@ -20,6 +20,7 @@ from ssmt_lib.data.datasets import (
     Record,
     SegmentationDataset,
     UnlabeledPool,
+    TaskPairSampler,
     build_dataset,
     build_training_set,
     dataset_options,
@@ -41,7 +42,7 @@ from ssmt_lib.data.transforms import (
 
 __all__ = [
     "DATASET_NAMES", "IMAGE_EXTENSIONS", "ITEM_KEYS", "DatasetError", "FileDataset", "MultiTaskDataset",
-    "PhantomDataset", "Record", "SegmentationDataset", "UnlabeledPool", "build_dataset",
+    "PhantomDataset", "Record", "SegmentationDataset", "TaskPairSampler", "UnlabeledPool", "build_dataset",
     "build_training_set", "dataset_options", "patient_split", "read_image", "read_mask",
     "task_balanced_sampler", "unlabeled_pool", "IMAGENET_MEAN", "IMAGENET_STD", "denormalize",
     "eval_transform", "normalization", "stitch", "train_transform",

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import ConcatDataset, Dataset, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, Dataset, Sampler, Subset, WeightedRandomSampler
 
 from ssmt_lib.data.transforms import eval_transform, seed_transform, stitch, train_transform
 
@@ -834,3 +834,65 @@ def task_balanced_sampler(dataset: _KeyedConcat, num_samples: int | None = None,
     counts = Counter(tasks)
     weights = torch.tensor([1.0 / counts[t] for t in tasks], dtype=torch.double)  # (N,)
     return WeightedRandomSampler(weights, num_samples or len(dataset), replacement=True, generator=generator)
+
+
+def _sample_tasks(dataset: Dataset) -> np.ndarray:
+    """(N, 2) bool ``has_nodule``, ``has_gland`` of a combined set or a ``Subset`` of one, no image loaded."""
+    if isinstance(dataset, Subset):
+        return _sample_tasks(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    if isinstance(dataset, _KeyedConcat):
+        return dataset.sample_tasks()
+    if isinstance(dataset, SegmentationDataset):
+        return np.tile([dataset.has_nodule, dataset.has_gland], (len(dataset), 1)).astype(bool)
+    raise TypeError(f"cannot tell the labels of a {type(dataset).__name__} without loading it; "
+                    f"use build_training_set / build_dataset datasets (or a Subset of one)")
+
+
+class TaskPairSampler(Sampler[int]):
+    """Indices alternating a nodule-labelled and a gland-labelled image: ``n0, g0, n1, g1, ...``.
+
+    TRFE-Net (Gong et al., "Multi-task learning for thyroid nodule segmentation with thyroid region
+    prior", ISBI 2021, Sec. 2.1 and eq. 4) takes images from the nodule set and the gland set "one
+    by one" into a batch, so with an even batch size half of every batch are nodule images and half
+    gland images. One epoch takes every nodule image once, in a seeded order, each paired with the
+    next image of a seeded permutation of the gland images (cycled when there are fewer gland than
+    nodule images). Gland images are those with a gland label and no nodule label; when every
+    image has both (the phantom) the gland images are all gland-labelled ones.
+
+    Under DDP each rank takes every ``world``-th pair (the pair list padded by repeating its start
+    to a multiple of ``world``, as ``DistributedSampler`` pads), so all ranks run the same number of
+    steps and each batch stays half and half.
+
+    Args:
+        dataset: a :class:`MultiTaskDataset` (or a ``Subset`` of one).
+        seed: order seed (the same on every rank).
+        rank: this process's rank.
+        world: number of processes.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"TaskPairSampler: rank {rank} is not in [0, {world})")
+        tasks = _sample_tasks(dataset)  # (N, 2)
+        nodule = np.flatnonzero(tasks[:, 0])
+        gland = np.flatnonzero(tasks[:, 1] & ~tasks[:, 0])
+        if len(gland) == 0:
+            gland = np.flatnonzero(tasks[:, 1])
+        if len(nodule) == 0 or len(gland) == 0:
+            raise ValueError(f"TaskPairSampler (train.task_pairs, TRFE-Net batches) needs nodule- and gland-"
+                             f"labelled images; this set has {len(nodule)} and {len(gland)} "
+                             f"(train on nodule + gland sets, e.g. data='tn3k+tg3k')")
+        rng = np.random.default_rng([seed, 4099])
+        nod = rng.permutation(nodule)
+        reps = -(-len(nod) // len(gland))  # ceil: enough gland permutations to pair every nodule image
+        gla = np.concatenate([rng.permutation(gland) for _ in range(reps)])[:len(nod)]
+        pairs = np.stack([nod, gla], axis=1)  # (P, 2)
+        padded = -(-len(pairs) // world) * world
+        pairs = np.concatenate([pairs] * -(-padded // len(pairs)))[:padded]  # (padded, 2)
+        self.indices = pairs[rank::world].reshape(-1).tolist()  # (2 * P / world,) n, g, n, g, ...
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
