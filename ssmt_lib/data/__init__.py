@@ -1,6 +1,7 @@
 """Data for SSMT-Net: one entry point, ``build_dataset``, for the built-in phantom and the public
-thyroid ultrasound sets (TN3K, TG3K, DDTI) or any image/mask folder; combined multi-task training
-sets (nodule + gland labels, paper Sec. 3) and the unlabeled phase-1 pool; augmentation.
+thyroid ultrasound sets (TN3K, TG3K, DDTI; DDTI's original XML release with TI-RADS as
+"ddti_tirads") or any image/mask folder; combined multi-task training sets (nodule + gland labels,
+paper Sec. 3) and the unlabeled phase-1 pool; augmentation.
 
     >>> from ssmt_lib.data import build_dataset, build_training_set, unlabeled_pool
     >>> train = build_dataset("phantom", split="train", n=64, image_size=128, augment=True)
@@ -30,6 +31,7 @@ from ssmt_lib.data.datasets import (
     task_balanced_sampler,
     unlabeled_pool,
 )
+from ssmt_lib.data.ddti_tirads import DDTITiradsDataset, TiradsRecord  # registers "ddti_tirads"
 from ssmt_lib.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -45,5 +47,5 @@ __all__ = [
     "PhantomDataset", "Record", "SegmentationDataset", "TaskPairSampler", "UnlabeledPool", "build_dataset",
     "build_training_set", "dataset_options", "patient_split", "read_image", "read_mask",
     "task_balanced_sampler", "unlabeled_pool", "IMAGENET_MEAN", "IMAGENET_STD", "denormalize",
-    "eval_transform", "normalization", "stitch", "train_transform",
+    "eval_transform", "normalization", "stitch", "train_transform", "DDTITiradsDataset", "TiradsRecord",
 ]

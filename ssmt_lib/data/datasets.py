@@ -43,7 +43,7 @@ from ssmt_lib.data.transforms import eval_transform, seed_transform, stitch, tra
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # matched case-insensitively
 ITEM_KEYS = ("image", "nodule_mask", "gland_mask", "has_nodule", "has_gland", "size", "id", "patient")
-DATASET_NAMES = ("phantom", "tn3k", "tg3k", "ddti", "folder", "unlabeled")
+DATASET_NAMES = ("phantom", "tn3k", "tg3k", "ddti", "ddti_tirads", "folder", "unlabeled")  # ddti_tirads: data/ddti_tirads.py
 PHANTOM_SPLIT_BLOCK = (7, 1, 2)  # train/val/test patients in every block of 10 phantom patients
 
 

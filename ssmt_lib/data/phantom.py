@@ -42,7 +42,8 @@ Scanner profiles (``PROFILES``): "default"; "scanner_b" (coarser speckle, darker
 attenuation, deeper field, gamma, overlays) for domain-shift experiments; "clean" (no speckle) for
 figures. For a tour, ``sample(..., nodule_overrides={...})`` forces nodule features and
 ``gallery(feature=...)`` renders one image per category of a feature on the same patient.
-``export`` writes TN3K / TG3K / DDTI folder layouts so the file loaders read the phantom too.
+``export`` writes TN3K / TG3K / DDTI folder layouts so the file loaders read the phantom too, and
+``export_ddti_tirads`` DDTI's original XML + TI-RADS release (flat or in folders).
 
     >>> from ssmt_lib.data import phantom
     >>> s = phantom.sample(0, seed=0)
@@ -1236,6 +1237,129 @@ def export(root: str | Path, layout: str, n: int, seed: int = 0, config: Phantom
             _save(s["image"], root / "image" / stem, 255.0)
             _save(s["nodule_mask"], root / "mask" / stem, 255.0)
             rows.append(meta(s, f"image/{stem}", "all"))
+    with open(root / "phantom-meta.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+# ---------------------------------------------------------------------------- DDTI original (XML + TI-RADS)
+
+# How the export spells the phantom's categories in DDTI's vocabulary; a tuple alternates between
+# spelling variants from case to case, as the public release does (the loader maps them back).
+_DDTI_SPELLING: dict[str, dict[str, str | tuple[str, ...]]] = {
+    "composition": {"cystic": "cystic", "spongiform": "spongiform", "mixed": "predominantly solid", "solid": "solid"},
+    "echogenicity": {"anechoic": "anechoic", "hyper_iso": "isoechogenicity", "hypo": "hypoechogenicity",
+                     "very_hypo": "marked hypoechogenicity"},
+    "margin": {"smooth": "well defined", "ill_defined": ("ill defined", "ill- defined"),
+               "lobulated_irregular": "microlobulated", "extrathyroidal": "extrathyroidal extension"},
+    "foci": {"none": "non", "comet_tail": "comet tail artifacts", "macro": ("macrocalcification", "macrocalcifications"),
+             "peripheral": "peripheral calcifications", "punctate": ("microcalcification", "microcalcifications")},
+}
+_DDTI_FIELDS = {"composition": "composition", "echogenicity": "echogenicity", "margin": "margins", "foci": "calcifications"}
+
+
+def ddti_tirads_category(points: int) -> str:
+    """The phantom's TI-RADS points as a DDTI category (our convention: DDTI's categories are not
+    ACR's): 0-2 -> "2" (TR1-TR2), 3 -> "3" (TR3), 4/5/6 -> "4a"/"4b"/"4c" (TR4), >= 7 -> "5" (TR5)."""
+    if points < 0:
+        raise ValueError(f"TI-RADS points must be >= 0, got {points}")
+    return "2" if points <= 2 else "3" if points == 3 else {4: "4a", 5: "4b", 6: "4c"}.get(points, "5")
+
+
+def _regions(mask: np.ndarray) -> list[dict[str, Any]]:
+    """One freehand polygon per connected component of a mask (outer contour, DDTI's svg format)."""
+    import cv2
+
+    labels, count = ndimage.label(mask)
+    out = []
+    for k in range(1, count + 1):
+        comp = (labels == k).astype(np.uint8)
+        contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        pts = max(contours, key=len)[:, 0, :]  # (P, 2) x, y
+        if len(pts) < 3:  # a one- or two-pixel blob: its pixel box
+            ys, xs = np.nonzero(comp)
+            pts = np.array([(xs.min(), ys.min()), (xs.max(), ys.min()), (xs.max(), ys.max()), (xs.min(), ys.max())])
+        out.append({"points": [{"x": int(x), "y": int(y)} for x, y in pts], "regionType": "freehand"})
+    return out
+
+
+def export_ddti_tirads(root: str | Path, n: int, seed: int = 0, config: PhantomConfig | None = None, *,
+                       layout: str = "folders", masks: bool | None = None, overwrite: bool = False) -> Path:
+    """Write n samples as DDTI's original release: one XML per case (patient) + ``{case}_{k}.jpg``.
+
+    Each synthetic patient is a case (number = patient + 1) and each of its views an image k = 1, 2,
+    ...; the XML holds the case's TI-RADS descriptors in DDTI's spelling (variants alternate between
+    cases), its category (:func:`ddti_tirads_category` of the most suspicious visible nodule's
+    points; empty when no view shows a nodule), a random age and sex, and one ``<mark>`` per image
+    whose svg lists one polygon per connected nodule region (``[]`` for a view without a nodule).
+    ``phantom-meta.csv`` adds the phantom's own labels per image (its drawn ``malignant`` too).
+
+    Args:
+        root: output folder (created).
+        n: number of samples (indices 0..n-1; the last case may have fewer views).
+        seed, config: as in :func:`sample`.
+        layout: "folders" (``annotations/``, ``images/``, ``masks/``) or "flat" (all in ``root``).
+        masks: also write ``{case}_{k}_mask.png`` (0/255); default True for "folders", False for "flat".
+        overwrite: replace existing files of this layout.
+
+    Returns:
+        The root path.
+    """
+    import xml.etree.ElementTree as ET
+
+    if layout not in ("folders", "flat"):
+        raise ValueError(f"export_ddti_tirads: layout must be 'folders' or 'flat', got {layout!r}")
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"export_ddti_tirads: n must be an int >= 1, got {n!r}")
+    root = Path(root)
+    masks = layout == "folders" if masks is None else masks
+    dirs = {"xml": root / "annotations", "image": root / "images", "mask": root / "masks"} if layout == "folders" \
+        else {"xml": root, "image": root, "mask": root}
+    if layout == "folders":
+        for d in set(dirs.values()):
+            if d.exists() and any(d.iterdir()):
+                if not overwrite:
+                    raise FileExistsError(f"export_ddti_tirads: {d} is not empty; pass overwrite=True to replace it")
+                shutil.rmtree(d)
+    else:
+        old = [p for p in root.glob("*") if p.suffix.lower() in (".xml", ".jpg", ".png")] if root.exists() else []
+        if old and not overwrite:
+            raise FileExistsError(f"export_ddti_tirads: {root} already holds {old[0].name}; pass overwrite=True")
+        for p in old:
+            p.unlink()
+    for d in set(dirs.values()):
+        d.mkdir(parents=True, exist_ok=True)
+    cfg = config if config is not None else PhantomConfig()
+    views = cfg.views_per_patient
+    rng = np.random.default_rng([seed, 31337])
+    rows: list[dict[str, Any]] = []
+    for patient in range(math.ceil(int(n) / views)):
+        case = str(patient + 1)
+        shots = [sample(i, seed, cfg) for i in range(patient * views, min((patient + 1) * views, int(n)))]
+        visible = [d for s in shots for d in s["nodules"]]
+        worst = max(visible, key=lambda d: d["points"]) if visible else None
+        xml = ET.Element("case")
+        fields = {"number": case, "age": str(int(rng.integers(20, 86))), "sex": "F" if rng.random() < 0.8 else "M"}
+        for key, tag in _DDTI_FIELDS.items():
+            spell = _DDTI_SPELLING[key][worst[key]] if worst else ""
+            fields[tag] = spell[patient % len(spell)] if isinstance(spell, tuple) else spell
+        fields["tirads"] = ddti_tirads_category(worst["points"]) if worst else ""
+        fields.update(reportbacaf="", reporteco="")
+        for tag, text in fields.items():
+            ET.SubElement(xml, tag).text = text
+        for k, s in enumerate(shots, start=1):
+            mark = ET.SubElement(xml, "mark")
+            ET.SubElement(mark, "image").text = str(k)
+            ET.SubElement(mark, "svg").text = json.dumps(_regions(s["nodule_mask"]))
+            _save(s["image"], dirs["image"] / f"{case}_{k}.jpg", 255.0)
+            if masks:
+                _save(s["nodule_mask"], dirs["mask"] / f"{case}_{k}_mask.png", 255.0)
+            rows.append({"file": f"{case}_{k}.jpg", "case": case, "patient": s["patient"], "id": s["id"],
+                         "size": f"{s['size']:.6f}", "tirads": fields["tirads"], "tirads_points": s["tirads_points"],
+                         "tirads_level": s["tirads_level"], "malignant": int(s["malignant"])})
+        ET.ElementTree(xml).write(dirs["xml"] / f"{case}.xml", encoding="utf-8", xml_declaration=True)
     with open(root / "phantom-meta.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
