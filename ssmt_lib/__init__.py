@@ -5,12 +5,12 @@ from ssmt_lib.outputs import ModelOutput, QueryPrediction
 __version__ = "0.1.0"
 
 
-def build_model(preset: str = "tiny", **overrides):
-    """Build SSMT-Net (``preset`` = "paper" / "tiny") or a baseline ("unet", "mtnet", "trfe",
-    "resnet50_unet"). See :func:`ssmt_lib.model.build_model`."""
+def build_model(name: str | None = None, **kwargs):
+    """Build SSMT-Net (``name`` = "paper" / "tiny") or a baseline ("unet", "mtnet", "trfe",
+    "resnet50_unet"; ``preset="paper"`` for its paper width). See :func:`ssmt_lib.model.build_model`."""
     from ssmt_lib.model import build_model as _build
 
-    return _build(preset, **overrides)
+    return _build(name, **kwargs)
 
 
 def build_dataset(name: str, root=None, split: str = "train", fold: int = 0, image_size: int = 224,

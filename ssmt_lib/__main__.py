@@ -44,7 +44,12 @@ def _train(args: argparse.Namespace) -> int:
         overrides["train.max_minutes"] = args.max_minutes
     if args.batch_size is not None:
         overrides["train.batch_size"] = args.batch_size
-    cfg = make_config(args.preset, variant=args.variant, **{k.replace(".", "__"): v for k, v in overrides.items()})
+    from ssmt_lib.baselines import ALIASES, BASELINE_NAMES
+
+    # a baseline trains with its paper's protocol (config.BASELINE_SETTINGS) at the preset's width
+    baseline = args.model if args.model in (*BASELINE_NAMES, *ALIASES) else None
+    cfg = make_config(args.preset, variant=args.variant, baseline=baseline,
+                      **{k.replace(".", "__"): v for k, v in overrides.items()})
     data_options = {}
     if args.phantom_n is not None:
         data_options["phantom_n"] = args.phantom_n
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="two-phase training (resumes when --out holds last.pt)")
     t.add_argument("--preset", default="tiny", help="paper | tiny")
     t.add_argument("--variant", default=None, help="Table 2 variant, e.g. 1_baseline ... 5_all")
-    t.add_argument("--model", default=None, help="train a baseline instead: unet, resnet50_unet, mtnet, trfe")
+    t.add_argument("--model", default=None, help="train a baseline instead: unet, resnet50_unet, mtnet, trfe "
+                   "(at the preset's width, with its paper's loss and, under --preset paper, its paper's settings)")
     t.add_argument("--data", default="phantom", help="phantom | tn3k | tg3k | ddti | tn3k+tg3k ...")
     t.add_argument("--data-root", default=None)
     t.add_argument("--fold", type=int, default=0)

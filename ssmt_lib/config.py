@@ -63,6 +63,9 @@ class ModelConfig:
     recon_channels: tuple[int, ...] = (128, 64, 32, 16)  # reconstructor widths at 1/8 .. 1/1, no skips
     size_hidden: tuple[int, ...] = (256, 128, 64)  # size MLP: embed_dim -> 256 -> 128 -> 64 -> 1
 
+    # --- baselines (fit's model_name) ---
+    baseline_size: str = "paper"  # width of a baseline: "paper" (its paper's) or "tiny"; make_config: the preset
+
 
 @dataclass
 class LossConfig:
@@ -88,6 +91,10 @@ class LossConfig:
     deep_supervision: bool = True  # supervise the prediction of every query-decoder layer
     # matching and mask loss on a random-offset pixel grid of at most this many points; None = every pixel
     points: int | None = 12544  # Mask2Former's number of sampled points
+    # The training objective: "eq12" (SSMT-Net's eq. 12, all of the above); the baselines' own losses
+    # (losses.baseline_loss, set by BASELINE_SETTINGS): "trfe" (TRFE-Net eq. 4: sum of per-image
+    # nodule Dice + 0.5 x sum of per-image gland Dice), "bce_dice" (the dual-stage paper's eq. 21).
+    objective: str = "eq12"
 
 
 @dataclass
@@ -178,11 +185,42 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "5_all": {"model.gland": True, "model.reconstruction": True, "model.size": True},
 }
 
+# Each baseline trained as its paper trains it: config values that make_config(preset, baseline=name)
+# applies after the preset and before the caller's overrides (so --epochs etc. still win). The
+# baseline's width follows the preset too (model.baseline_size). TRFE-Net (Gong et al., ISBI 2021,
+# Sec. 2.3 and 4.1) trains U-Net, MT-Net and TRFE-Net alike: SGD at lr 1e-3 for 60 epochs, batch 8
+# (half nodule, half gland images for the two multi-task nets), Dice losses (eq. 4); its reference
+# train.py adds momentum 0.9, no weight decay, no schedule (constant lr: min_lr = lr) and no
+# gradient clipping. The dual-stage paper's ResNet50-UNet trains on BCE + Dice (its eq. 21) and states
+# no optimizer settings, so SSMT-Net's (the preset's) are kept. Under "tiny" only the losses and the
+# paired batches are kept: the CPU schedule of the preset stays (U-Net keeps the project's BCE + Dice
+# at tiny, the loss benchmarks/quality.py compares SSMT-Net against).
+_TRFE_PROTOCOL: dict[str, Any] = {
+    "loss.objective": "trfe", "train.optimizer": "sgd", "train.lr": 1e-3, "train.min_lr": 1e-3,
+    "train.momentum": 0.9, "train.weight_decay": 0.0, "train.epochs": 60, "train.batch_size": 8,
+    "train.grad_clip": None,
+}
+BASELINE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "unet": _TRFE_PROTOCOL,
+        "mtnet": {**_TRFE_PROTOCOL, "train.task_pairs": True},
+        "trfe": {**_TRFE_PROTOCOL, "train.task_pairs": True},
+        "resnet50_unet": {"loss.objective": "bce_dice"},
+    },
+    "tiny": {
+        "mtnet": {"loss.objective": "trfe", "train.task_pairs": True},
+        "trfe": {"loss.objective": "trfe", "train.task_pairs": True},
+        "resnet50_unet": {"loss.objective": "bce_dice"},
+    },
+}
+
 _SECTIONS = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
 _CHOICES = {
     "model.output_mode": ("transformer", "cnn", "sum"),
     "loss.matching": ("hungarian", "fixed"),
     "train.optimizer": ("adam", "adamw", "sgd"),
+    "model.baseline_size": ("paper", "tiny"),
+    "loss.objective": ("eq12", "trfe", "bce_dice"),
     "loss.seg_loss": ("normalized", "dice", "mask2former"),
 }
 
@@ -290,12 +328,15 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     return cfg
 
 
-def make_config(preset: str = "tiny", variant: str | None = None, **overrides: Any) -> Config:
+def make_config(preset: str = "tiny", variant: str | None = None, baseline: str | None = None,
+                **overrides: Any) -> Config:
     """Build and validate a :class:`Config`.
 
     Args:
         preset: ``"paper"`` or ``"tiny"``.
         variant: optional Table 2 variant name (see ``VARIANTS``), applied after the preset.
+        baseline: optional baseline name (``fit``'s ``model_name``: "unet", "trfe", "trfe_c" ...):
+            its training protocol ``BASELINE_SETTINGS[preset][name]`` is applied after the preset.
         **overrides: field values as ``section__field=value`` or unique bare names (``depth=4``).
 
     Returns:
@@ -305,9 +346,19 @@ def make_config(preset: str = "tiny", variant: str | None = None, **overrides: A
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    cfg = apply_overrides(Config(), PRESETS[preset])
+    # the preset's name is recorded as the width a baseline is built at (fit's model_name)
+    cfg = apply_overrides(Config(), {"model.baseline_size": preset, **PRESETS[preset]})
     if variant is not None:
         cfg = apply_overrides(cfg, VARIANTS[variant])
+    if baseline is not None:
+        from ssmt_lib.baselines import ALIASES, BASELINE_NAMES
+
+        if variant is not None:
+            raise ValueError(f"variant {variant!r} applies to SSMT-Net, not to baseline {baseline!r}")
+        if baseline not in BASELINE_NAMES and baseline not in ALIASES:
+            raise ValueError(f"unknown baseline {baseline!r}; choose one of {[*BASELINE_NAMES, *ALIASES]}")
+        canonical = ALIASES[baseline][0] if baseline in ALIASES else baseline
+        cfg = apply_overrides(cfg, BASELINE_SETTINGS[preset].get(canonical, {}))
     cfg = apply_overrides(cfg, {k.replace("__", "."): v for k, v in overrides.items()})
     return validate(cfg)
 

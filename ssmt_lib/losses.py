@@ -450,6 +450,8 @@ def total_loss(out: ModelOutput, batch: dict, cfg: LossConfig, phase: int = 2) -
         floats (0.0 for a skipped term), plus ``weighted_<term>`` = weight x value (what the term
         contributes to L; in phase 1 the rec term is unweighted) for every term computed.
     """
+    if phase == 2 and cfg.objective != "eq12":
+        return baseline_loss(out, batch, cfg)  # a baseline's own loss (section at the end of this file)
     parts = loss_terms(out, batch, cfg, phase)
     if phase == 1:
         total = parts["rec"]
@@ -462,4 +464,60 @@ def total_loss(out: ModelOutput, batch: dict, cfg: LossConfig, phase: int = 2) -
     # What each term contributes to L (weight x value): the raw values hide that a term is negligible.
     factor = {k: (1.0 if phase == 1 else LOSS_WEIGHTS[k](cfg)) for k in parts}
     logged.update({f"weighted_{k}": factor[k] * logged[k] for k in ("nodule", "gland", "size", "rec") if k in parts})
+    return total, logged
+
+
+# ----------------------------------------------------------------------------- the baselines' own losses
+# ``LossConfig.objective`` other than "eq12" (config.BASELINE_SETTINGS sets it for each baseline), so
+# that a Table 1-style comparison trains every baseline as its paper does, not with SSMT-Net's eq. 12.
+
+
+def baseline_loss(out: ModelOutput, batch: dict, cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
+    """A baseline's training loss, chosen by ``cfg.objective``, on the tasks the model outputs.
+
+    * "trfe": TRFE-Net's eq. 4 (Gong et al., "Multi-task learning for thyroid nodule segmentation
+      with thyroid region prior", ISBI 2021), used there for U-Net, MT-Net and TRFE-Net alike:
+      ``sum_i Dice_i(nodule) + TRFE_GLAND_WEIGHT * sum_j Dice_j(gland)``, a SUM of per-image soft
+      Dice losses over the batch's nodule-labelled images i and gland-labelled images j (each
+      image feeds only the task it is labelled for; with half-nodule, half-gland batches of 8 both
+      sums have 4 terms). The reference code's soft Dice smooths with 1 like :func:`dice_loss`.
+    * "bce_dice": the dual-stage paper's eq. 21, ``L_BCE + L_Dice`` on the nodule map (and on the
+      gland map of a two-task model), each averaged over the images labelled for it.
+
+    Args:
+        out: model output (``nodule_logits``, optionally ``gland_logits``).
+        batch: needs ``{task}_mask`` and ``has_{task}`` for the tasks the model outputs.
+        cfg: ``objective`` picks the loss; the eq. 12 weights are not used.
+
+    Returns:
+        The loss and the detached parts ``{"loss", "nodule", "gland", "size", "rec"}`` (the last two
+        0.0: baselines have neither), plus ``weighted_<task>`` = the task's weight x value.
+    """
+    from ssmt_lib.baselines import TRFE_GLAND_WEIGHT
+
+    if cfg.objective not in ("trfe", "bce_dice"):
+        raise ValueError(f"baseline_loss: loss.objective={cfg.objective!r}; choose 'trfe' or 'bce_dice'")
+    weights = {"nodule": 1.0, "gland": TRFE_GLAND_WEIGHT if cfg.objective == "trfe" else 1.0}
+    parts: dict[str, Tensor] = {}
+    for task in TASKS:
+        logits = out.logits(task)
+        if logits is None:
+            continue
+        if f"{task}_mask" not in batch:
+            raise KeyError(f"batch has no {task + '_mask'!r}; keys: {sorted(batch)}")
+        target = batch[f"{task}_mask"].float()  # (B, 1, H, W)
+        _check_same_shape(logits, target, f"{task}_logits vs batch[{task + '_mask'!r}]")
+        valid = _batch_flag(batch, f"has_{task}", target)
+        if cfg.objective == "trfe":
+            per_image = dice_loss(logits, target, reduction="none")  # (B,)
+            parts[task] = torch.where(valid, per_image, per_image.new_zeros(())).sum()
+        else:
+            parts[task] = _masked_mean(bce_dice_loss(logits, target, reduction="none"), valid)
+    if not parts:
+        raise ValueError(f"loss.objective={cfg.objective!r}: the model output has no nodule or gland logits")
+    total = torch.stack([weights[k] * v for k, v in parts.items()]).sum()
+    values = torch.stack([total.detach(), *[v.detach() for v in parts.values()]]).tolist()  # one host sync
+    logged = {"loss": 0.0, "nodule": 0.0, "gland": 0.0, "size": 0.0, "rec": 0.0}
+    logged.update(zip(["loss", *parts], values))
+    logged.update({f"weighted_{k}": weights[k] * logged[k] for k in parts})
     return total, logged

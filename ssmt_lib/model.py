@@ -120,30 +120,42 @@ class SSMTNet(nn.Module):
         return out
 
 
-def build_model(preset: str = "tiny", variant: str | None = None, config: Config | ModelConfig | None = None,
-                **overrides: Any) -> nn.Module:
+def build_model(name: str | None = None, variant: str | None = None, config: Config | ModelConfig | None = None,
+                *, preset: str | None = None, **overrides: Any) -> nn.Module:
     """Build SSMT-Net from a preset (+ Table 2 variant + overrides), or a baseline by name.
 
     Args:
-        preset: "paper" / "tiny" for SSMT-Net, or a baseline name: "unet", "resnet50_unet", "mtnet", "trfe".
+        name: "paper" / "tiny" for SSMT-Net (default "tiny"), or a baseline name: "unet", "resnet50_unet", "mtnet", "trfe".
+        preset: the width preset, "tiny" or "paper": for a baseline its size
+            (``build_model("trfe", preset="paper")`` is TRFE-Net at its paper's width, the same as
+            ``size="paper"``); for SSMT-Net the same as ``name`` (``build_model(preset="paper")``).
         variant: Table 2 variant (e.g. "1_baseline", "5_all"); SSMT-Net only.
-        config: a ready ``Config`` / ``ModelConfig`` (then ``preset`` and overrides are not used).
+        config: a ready ``Config`` / ``ModelConfig`` (then ``name``, ``preset`` and overrides are not used).
         **overrides: config fields, e.g. ``num_queries=10`` or ``model__depth=4``; validated.
 
     Returns:
         an ``nn.Module`` whose ``forward(images)`` returns ``ModelOutput``.
     """
     from ssmt_lib import baselines
+    from ssmt_lib.config import PRESETS
 
+    if name is None or name in PRESETS:  # SSMT-Net: name and preset name the same preset
+        if name is not None and preset is not None and preset != name:
+            raise ValueError(f"build_model: name={name!r} and preset={preset!r} name different SSMT-Net presets")
+        name = name or preset or "tiny"
+    elif preset is not None:  # a baseline's width
+        if overrides.get("size", preset) != preset:
+            raise ValueError(f"build_model: preset={preset!r} and size={overrides['size']!r} disagree")
+        overrides["size"] = preset
     if config is not None:
         if overrides or variant:
             raise ValueError("build_model: pass either config or preset/variant/overrides, not both")
         return SSMTNet(config.model if isinstance(config, Config) else config)
-    if preset in baselines.BASELINE_NAMES or preset in baselines.ALIASES:
+    if name in baselines.BASELINE_NAMES or name in baselines.ALIASES:
         if variant is not None:
-            raise ValueError(f"variant applies to SSMT-Net presets, not to baseline {preset!r}")
-        return baselines.build_baseline(preset, **overrides)
-    return SSMTNet(make_config(preset, variant=variant, **overrides).model)
+            raise ValueError(f"variant applies to SSMT-Net presets, not to baseline {name!r}")
+        return baselines.build_baseline(name, **overrides)
+    return SSMTNet(make_config(name, variant=variant, **overrides).model)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -237,7 +237,9 @@ def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") 
     ckpt = load_checkpoint(path)
     cfg = from_dict(ckpt["config"])
     name = ckpt.get("model_name")
-    model = build_model(name, image_size=cfg.model.image_size) if name else build_model(config=cfg)
+    # checkpoints from before model.baseline_size existed hold tiny-width baselines (fit built no other)
+    size = cfg.model.baseline_size if "baseline_size" in ckpt["config"].get("model", {}) else "tiny"
+    model = build_model(name, preset=size, image_size=cfg.model.image_size) if name else build_model(config=cfg)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg, ckpt
 
@@ -306,9 +308,11 @@ def _optimizer(model: nn.Module, cfg: Config, total_steps: int, device: torch.de
                budget_seconds: float | None = None):
     """Adam/AdamW and the per-step cosine that ends at ``min_lr`` after ``total_steps`` or ``budget_seconds``."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt_class = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+    opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.train.optimizer]
+    extra = {"momentum": cfg.train.momentum} if cfg.train.optimizer == "sgd" else {}  # TRFE-Net's SGD
     # fused: one kernel for all parameters (CUDA and, since torch 2.4, CPU: ~7x faster there than the loop)
-    opt = opt_class(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=device.type in ("cuda", "cpu"))
+    opt = opt_class(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=device.type in ("cuda", "cpu"),
+                    **extra)
     sched = BudgetCosine(opt, cfg.train.lr, cfg.train.min_lr, max(1, total_steps), budget_seconds)
     return opt, sched
 
@@ -347,6 +351,21 @@ def epoch_images(dataset: Dataset, train_cfg: Any) -> int:
     from ssmt_lib.data import TaskPairSampler
 
     return len(TaskPairSampler(dataset, seed=0))
+
+
+def _check_baseline_protocol(cfg: Config, model_name: str) -> None:
+    """Warn when a baseline is trained with another loss than its paper's (``BASELINE_SETTINGS``)."""
+    import warnings
+
+    from ssmt_lib.baselines import ALIASES
+    from ssmt_lib.config import BASELINE_SETTINGS
+
+    canonical = ALIASES[model_name][0] if model_name in ALIASES else model_name
+    wanted = BASELINE_SETTINGS[cfg.model.baseline_size].get(canonical, {}).get("loss.objective", "eq12")
+    if cfg.loss.objective != wanted:
+        warnings.warn(f"fit(model_name={model_name!r}) with loss.objective={cfg.loss.objective!r}: its paper's loss "
+                      f"is {wanted!r}; make_config({cfg.model.baseline_size!r}, baseline={model_name!r}) sets it "
+                      f"(CLI: --model {model_name})", stacklevel=3)
 
 
 def _gather_rng_states() -> list[dict[str, Any]]:
@@ -410,7 +429,10 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
         raise ValueError("train.sync_batchnorm=True needs CUDA: torch's SyncBatchNorm has no CPU kernel "
                          "(under gloo on CPU leave it False: each process normalizes with its own batch)")
     seed_everything(t_cfg.seed)
-    model = build_model(model_name, image_size=cfg.model.image_size) if model_name else build_model(config=cfg)
+    if model_name is not None:
+        _check_baseline_protocol(cfg, model_name)
+    model = (build_model(model_name, preset=cfg.model.baseline_size, image_size=cfg.model.image_size)
+             if model_name else build_model(config=cfg))
     if init_checkpoint is not None:
         model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
     if t_cfg.freeze_encoder:
