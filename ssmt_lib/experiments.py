@@ -21,14 +21,19 @@ change jointly, e.g. eq. 12's loss weights, which have to sum to 1)::
 Every point runs the notebook with papermill (``cwd`` = notebooks/, the executed copy and the
 notebook's ``metrics.json`` land in ``runs/<name>/<point>/``; the notebook receives that folder as
 its ``run_dir`` parameter). Finished points (with a ``metrics.json``) are skipped, so a sweep
-resumes. Parameters are checked against the notebook's ``parameters`` cell before anything runs:
-papermill itself only warns about unknown names, here they are errors.
+resumes. Every point is checked before the first one runs: its parameters against the notebook's
+``parameters`` cell (papermill itself only warns about unknown names, here they are errors), its
+training config with ``make_config`` (:func:`check_point_config`: eq. 12 weights, types), and its
+folder name for uniqueness (values whose spelling had to be changed for a folder name, ``a/b`` or
+``a b``, get a hash of the values appended). The summary of the finished points is written even
+when points fail.
 ``aggregate`` collects all ``metrics.json`` into one pandas table, mean +- std over seeds.
 """
 from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import itertools
 import json
 import os
@@ -52,6 +57,11 @@ _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": l
 
 class SweepError(RuntimeError):
     """A sweep point failed; the message names the executed notebook and the error."""
+
+
+class KernelLostError(SweepError):
+    """A notebook's kernel did not answer: a cell ran past its timeout, or the kernel died or went
+    silent. The message names the notebook and the cell; the notebook may be run again."""
 
 
 def notebook_path(notebook: str | Path) -> Path:
@@ -149,8 +159,27 @@ def run_notebook(notebook: str | Path, run_dir: str | Path, parameters: dict[str
         except Exception as err:  # dead kernel (e.g. out of memory), cell timeout, ...: still name the notebook
             # a kernel that dies while starting (seen on busy machines) ran no cell: start it again
             if "before replying to kernel_info" not in str(err) or attempt == KERNEL_START_ATTEMPTS:
-                raise SweepError(f"{output} failed: {type(err).__name__}: {err}") from err
+                what = f"timed out after {timeout} s" if isinstance(err, TimeoutError) else "lost its kernel"
+                first = (str(err).strip().splitlines() or [""])[0]
+                raise KernelLostError(f"{output} {what} in {_last_started_cell(output)}: "
+                                      f"{type(err).__name__}: {first}") from err
             attempt += 1
+
+
+def _last_started_cell(executed: Path) -> str:
+    """'cell 7 (`first line of its source`)' for the last cell papermill started in ``executed``."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(executed, as_version=4).cells
+    except Exception:  # not written yet (the kernel never started) or unreadable
+        return "no cell (the kernel did not start)"
+    started = [(k, c) for k, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    if not started:
+        return "no cell (the kernel did not start)"
+    k, cell = started[-1]
+    line = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
+    return f"cell {k} of {len(cells)} (`{line[:80]}`)"
 
 
 def _kernel_uses_this_python() -> None:
@@ -198,7 +227,11 @@ class Sweep:
         for k in self.grid:
             value = "_".join(f"{c}={point[c]}" for c in self.grid[k][0]) if self._linked(k) else point[k]
             parts.append(f"{k}-{value}")  # e.g. weights-alpha=0.8_beta=0.1_gamma=0.05_eta=0.05
-        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "__".join(parts)) or "point"
+        raw = "__".join(parts)
+        name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", raw)[:150]
+        if name != raw:  # characters replaced (a/b, a b -> a_b) or cut: a hash of the values keeps names apart
+            name = f"{name}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
+        return name
 
 
 def load_sweep(file: str | Path | dict[str, Any], root: str | Path | None = None) -> Sweep:
@@ -235,9 +268,50 @@ def load_sweep(file: str | Path | dict[str, Any], root: str | Path | None = None
     overlap = sorted(set(sweep.parameters) & set(columns) | {c for c in columns if columns.count(c) > 1})
     if overlap:
         raise ValueError(f"{where}: {overlap} are set twice (fixed parameters and/or grid entries)")
+    names: dict[str, dict[str, Any]] = {}
     for point in sweep.points():
         check_parameters(sweep.notebook, point)
+        try:
+            check_point_config(sweep.notebook, point)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"{where}: point {sweep.point_name(point)} is not a valid configuration: "
+                             f"{err}") from err
+        name = sweep.point_name(point)
+        if name in names:
+            raise ValueError(f"{where}: points {names[name]} and {point} share the folder name {name!r}; "
+                             f"give their grid values distinct spellings")
+        names[name] = point
     return sweep
+
+
+def check_point_config(notebook: str | Path, point: dict[str, Any]) -> None:
+    """For a notebook that builds a training config (it declares a ``preset`` parameter): build it
+    with ``make_config`` from the point's values (the notebook's defaults for the rest), so that,
+    e.g., eq. 12 loss weights that break the constraints fail before the first point runs.
+
+    Parameters named like a config field (a field name unique to one config section: ``alpha``,
+    ``epochs``, ``image_size`` ...) are passed as that field; ``preset`` and ``variant`` as such.
+    """
+    import dataclasses
+
+    from ssmt_lib.config import Config, make_config
+
+    declared = notebook_parameters(notebook)
+    if "preset" not in declared:
+        return
+    values = {}
+    for name, spec in declared.items():
+        try:
+            values[name] = ast.literal_eval(str(spec.get("default")))
+        except (ValueError, SyntaxError):
+            continue  # a default papermill cannot show as a literal: not checked
+    values.update(point)
+    owners: dict[str, list[str]] = {}
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(getattr(Config(), section.name)):
+            owners.setdefault(f.name, []).append(section.name)
+    overrides = {f"{owners[k][0]}__{k}": v for k, v in values.items() if len(owners.get(k, [])) == 1}
+    make_config(values["preset"], variant=values.get("variant") or None, **overrides)
 
 
 def run_sweep(file: str | Path | dict[str, Any] | Sweep, keep_going: bool = False, root: str | Path | None = None,
@@ -248,6 +322,8 @@ def run_sweep(file: str | Path | dict[str, Any] | Sweep, keep_going: bool = Fals
         file: sweep YAML path, dict or :class:`Sweep`.
         keep_going: continue after a failed point and raise one :class:`SweepError` listing all
             failures at the end (default: stop at the first; points already running finish).
+            Either way ``summary.csv`` / ``summary.md`` are written for the points that finished
+            before the error is raised.
         root: parent folder of the sweep output (default ``runs/``).
         progress: print one line per point.
         workers: points executed at the same time (each in its own kernel). On a CPU, give each
@@ -275,32 +351,48 @@ def run_sweep(file: str | Path | dict[str, Any] | Sweep, keep_going: bool = Fals
         return time.perf_counter() - start
 
     failures = []
-    # Threads only wait on kernels (separate processes), so they do not compete for the GIL.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        queue, running = list(todo), {}
-        while queue or running:
-            while queue and len(running) < workers and (keep_going or not failures):
-                point, point_dir = queue.pop(0)
-                running[pool.submit(run, point, point_dir)] = point_dir
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                point_dir = running.pop(future)
-                try:
-                    seconds = future.result()
-                except SweepError as err:
-                    failures.append(str(err))
+    try:
+        # Threads only wait on kernels (separate processes), so they do not compete for the GIL.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            queue, running = list(todo), {}
+            while queue or running:
+                while queue and len(running) < workers and (keep_going or not failures):
+                    point, point_dir = queue.pop(0)
+                    running[pool.submit(run, point, point_dir)] = point_dir
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    point_dir = running.pop(future)
+                    try:
+                        seconds = future.result()
+                    except SweepError as err:
+                        failures.append(str(err))
+                        if progress:
+                            print(f"[FAIL] {point_dir.name}: {err}")
+                        continue
                     if progress:
-                        print(f"[FAIL] {point_dir.name}: {err}")
-                    continue
-                if progress:
-                    print(f"[done] {point_dir.name} in {seconds:.1f} s")
+                        print(f"[done] {point_dir.name} in {seconds:.1f} s")
+    finally:  # failed, interrupted or not: the summary holds every point that finished
+        table, summary_note = _write_summary(sweep)
     if failures and not keep_going:
-        raise SweepError(failures[0] if len(failures) == 1 else "\n".join(failures))
+        raise SweepError((failures[0] if len(failures) == 1 else "\n".join(failures)) + summary_note)
     if failures:
-        raise SweepError(f"{len(failures)} sweep point(s) failed:\n" + "\n".join(failures))
-    return aggregate(sweep)
+        raise SweepError(f"{len(failures)} sweep point(s) failed:\n" + "\n".join(failures) + summary_note)
+    return table
+
+
+def _write_summary(sweep: Sweep) -> tuple[pd.DataFrame, str]:
+    """:func:`aggregate` of the finished points (writes summary.csv/.md), and a sentence saying so.
+    Never raises: it runs while another error may be on its way out."""
+    try:
+        table = aggregate(sweep)
+    except Exception as err:  # a broken metrics.json must not hide the sweep's own error
+        return pd.DataFrame(), f"\n(no summary written: {type(err).__name__}: {err})"
+    if table.empty:
+        return table, "\n(no point finished, so no summary was written)"
+    finished = int(table["n"].sum()) if "n" in table else len(table)
+    return table, f"\nsummary of the {finished} finished point(s): {sweep.out_dir / 'summary.md'}"
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -324,12 +416,27 @@ def collect(sweep: Sweep) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SCORE = "test.nodule.dice_mean"  # the score every sweep table reports
+FLOOR = "test.references.nodule"  # where metrics.json keeps the trivial predictors' scores
+
+
+def trivial_flag(row: pd.Series | dict[str, Any], metric: str = "dice_mean") -> str:
+    """:func:`~ssmt_lib.metrics.flag_trivial` for one collected run (a row of :func:`collect`)."""
+    from ssmt_lib.metrics import REFERENCE_PREDICTORS, flag_trivial
+
+    refs = {name: {metric: row[f"{FLOOR}.{name}.{metric}"]} for name in REFERENCE_PREDICTORS
+            if f"{FLOOR}.{name}.{metric}" in row and row[f"{FLOOR}.{name}.{metric}"] is not None}
+    return flag_trivial(row[f"test.nodule.{metric}"], refs, metric) if refs else "no references"
+
+
 def aggregate(sweep: Sweep, over: str = "seed", write: bool = True) -> pd.DataFrame:
     """Mean and std of every numeric metric over ``over`` (seeds), grouped by the other grid keys.
 
     Writes ``summary.csv`` and ``summary.md`` (columns ``<metric> mean`` / ``<metric> std`` and a
     ``n`` count) into the sweep folder when ``write``. The run's settings (``config.*`` in
-    ``metrics.json``) are not metrics and are left out.
+    ``metrics.json``) are not metrics and are left out. When the runs carry trivial references,
+    ``runs near trivial`` counts the runs whose test Dice does not clear them by
+    ``metrics.REFERENCE_MARGIN`` (:func:`trivial_flag`); the references' own means are columns too.
     """
     table = collect(sweep)
     if table.empty:
@@ -338,10 +445,15 @@ def aggregate(sweep: Sweep, over: str = "seed", write: bool = True) -> pd.DataFr
     keys = [k for k in columns if k != over]
     metrics = [c for c in table.columns if c not in columns and not c.startswith("config.")
                and pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
+    if {SCORE, f"{FLOOR}.all_foreground.dice_mean"} <= set(table.columns):
+        # every table carries its floor: runs that do not clear the trivial predictors are counted
+        table = table.assign(**{"runs near trivial": table.apply(trivial_flag, axis=1).ne("")})
     grouped = table.groupby(keys, sort=False) if keys else table.assign(_all="all").groupby("_all")
     summary = grouped[metrics].agg(["mean", "std"])
     summary.columns = [f"{m} {stat}" for m, stat in summary.columns]
     summary.insert(0, "n", grouped.size())
+    if "runs near trivial" in table:
+        summary.insert(1, "runs near trivial", grouped["runs near trivial"].sum().astype(int))
     if write:
         sweep.out_dir.mkdir(parents=True, exist_ok=True)
         summary.to_csv(sweep.out_dir / "summary.csv")
@@ -360,10 +472,22 @@ def workbook_notebooks() -> list[Path]:
     return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def run_workbook(names: list[str] | None = None, runs: Path = RUNS) -> list[Path]:
+CELL_TIMEOUT = 600  # seconds one workbook cell may run (the notebooks' longest take ~2 min; nbval allows 300)
+
+
+def run_workbook(names: list[str] | None = None, runs: Path = RUNS, cell_timeout: int = CELL_TIMEOUT) -> list[Path]:
     """Execute the walkthrough notebooks with their default (CPU) parameters into ``runs/<name>/``.
 
-    The notebooks save their figures into ``figures/``, so this also refreshes them.
+    The notebooks save their figures into ``figures/``, so this also refreshes them. Every cell
+    has ``cell_timeout`` seconds. When a cell times out or the kernel is lost (dies, or stops
+    answering), the message names the notebook and the cell, the kernel is restarted and the
+    notebook runs once more from the top; a second such failure raises :class:`SweepError`. A cell
+    that raises an error is not retried.
+
+    Args:
+        names: notebook names (default: all numbered notebooks).
+        runs: parent of the output folders.
+        cell_timeout: seconds per cell.
     """
     selected = workbook_notebooks()
     if names:
@@ -376,8 +500,15 @@ def run_workbook(names: list[str] | None = None, runs: Path = RUNS) -> list[Path
     for path in selected:
         start = time.perf_counter()
         out_dir = runs / path.stem
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        done.append(run_notebook(path, out_dir))
+        for attempt in (1, 2):
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            try:
+                done.append(run_notebook(path, out_dir, timeout=cell_timeout))
+                break
+            except KernelLostError as err:
+                if attempt == 2:
+                    raise SweepError(f"{path.name} failed again after a kernel restart: {err}") from err
+                print(f"{path.name}: {err}\n{path.name}: restarting the kernel and running it again")
         print(f"{path.name}: {time.perf_counter() - start:.0f} s -> {done[-1]}")
     return done

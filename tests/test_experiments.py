@@ -15,6 +15,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from ssmt_lib.experiments import (
     SweepError,
     aggregate,
+    trivial_flag,
     collect,
     load_sweep,
     mean_std,
@@ -248,3 +249,20 @@ def test_only_a_kernel_that_dies_while_starting_is_started_again(dummy, tmp_path
         with pytest.raises(SweepError, match=message):
             experiments.run_notebook(dummy, tmp_path / "run", {"x": 1})
     assert len(calls) == calls_expected
+
+
+def test_aggregate_counts_runs_that_do_not_clear_the_trivial_references(dummy, tmp_path):
+    sweep = load_sweep(spec(dummy, grid={"x": [1, 2], "seed": [0, 1]}), root=tmp_path)
+    floor = {"all_foreground": {"dice_mean": 0.20}, "all_background": {"dice_mean": 0.05}}
+    dice = {(1, 0): 0.22, (1, 1): 0.60, (2, 0): 0.70, (2, 1): 0.80}  # one x=1 run sits on the floor
+    for point in sweep.points():
+        folder = sweep.out_dir / sweep.point_name(point)
+        folder.mkdir(parents=True)
+        metrics = {"test": {"nodule": {"dice_mean": dice[point["x"], point["seed"]]},
+                            "references": {"nodule": floor}}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    summary = aggregate(sweep, write=False)
+    assert summary["runs near trivial"].tolist() == [1, 0]
+    assert summary.loc[1, "test.references.nodule.all_foreground.dice_mean mean"] == pytest.approx(0.20)
+    row = collect(sweep).iloc[0]
+    assert "all_foreground" in trivial_flag(row) and trivial_flag(collect(sweep).iloc[1]) == ""
