@@ -8,17 +8,25 @@
     python -m ssmt_lib workbook            # every notebook through papermill into runs/<name>/
 
 Everything ``train`` accepts is the notebooks' config: ``--set key=value`` sets any config field
-(values parsed as YAML, e.g. ``--set model.num_queries=10 --set loss.alpha=0.7``).
+(values parsed as YAML, e.g. ``--set model.num_queries=10 --set loss.alpha=0.7``; exponent
+spellings such as ``--set train.lr=1e-4`` are numbers too, quote them for a string). ``evaluate``
+uses the data settings stored in the checkpoint (data, data root, fold, phantom size) unless an
+option overrides them, with a warning when it disagrees.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+_NUMBER = re.compile(r"[+-]?(\d[\d_]*\.?\d*|\.\d+)[eE][+-]?\d+")  # exponent spellings: 1e-4, 2.5E3, .5e1
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -27,7 +35,8 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise SystemExit(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        # YAML 1.1 reads 1e-4 (no dot) as a string; an unquoted number spelling is a number
+        out[key.strip()] = float(value) if _NUMBER.fullmatch(value.strip()) else yaml.safe_load(value)
     return out
 
 
@@ -65,17 +74,27 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from ssmt_lib.resume import data_settings, evaluation_data
     from ssmt_lib.train import jsonable, build_data, default_device, evaluate, make_loader, model_from_checkpoint
 
     device = default_device()
-    model, cfg, _ = model_from_checkpoint(args.checkpoint, device)
+    model, cfg, ckpt = model_from_checkpoint(args.checkpoint, device)
     if args.split not in ("val", "test"):
         raise SystemExit(f"--split must be val or test, got {args.split!r}")
-    datasets = build_data(args.data, args.data_root, image_size=cfg.model.image_size, seed=cfg.train.seed)
+    # the data the model was trained on (stored in the checkpoint) unless an option says otherwise
+    requested = {"data": args.data, "data_root": args.data_root, "fold": args.fold, "phantom_n": args.phantom_n}
+    settings, notes = evaluation_data(ckpt.get("data"), requested, data_settings(build_data, "phantom", None, {}))
+    for note in notes:
+        warnings.warn(f"evaluate {args.checkpoint}: {note}", stacklevel=1)
+    settings["unlabeled_dir"] = None  # phase-1 images are not evaluated
+    datasets = build_data(**settings, image_size=cfg.model.image_size, seed=cfg.train.seed)
     loader = make_loader(datasets[args.split], cfg.train.batch_size, False, 0, 0, device)
     metrics = jsonable(evaluate(model, loader, device))
-    metrics.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.data.replace('+', '_')}_{args.split}.json")
+    metrics.update(checkpoint=str(args.checkpoint), data=settings["data"], split=args.split,
+                   data_settings=jsonable(settings))
+    name = f"eval_{settings['data'].replace('+', '_')}_{args.split}.json"
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(name)
+    out.parent.mkdir(parents=True, exist_ok=True)  # a missing folder must not lose the finished evaluation
     out.write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))
     return 0
@@ -122,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
 
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", default="phantom")
-    e.add_argument("--data-root", default=None)
+    e.add_argument("--data", default=None, help="default: the data stored in the checkpoint")
+    e.add_argument("--data-root", default=None, help="default: the checkpoint's")
+    e.add_argument("--fold", type=int, default=None, help="TN3K fold; default: the checkpoint's")
+    e.add_argument("--phantom-n", type=int, default=None, help="phantom training images; default: the checkpoint's")
     e.add_argument("--split", default="test")
     e.add_argument("--out", default=None, help="metrics JSON path (default: next to the checkpoint)")
     e.set_defaults(func=_evaluate)

@@ -11,7 +11,11 @@ Reliability (DESIGN.md section 6): a checkpoint is written atomically at the end
 with model, optimizer, scheduler and RNG state, loadable with ``torch.load(weights_only=True)``.
 The data order of an epoch depends only on (seed, phase, epoch), and the augmentation RNG is
 restored from the checkpoint, so a killed run resumes to the same weights as an unbroken run.
-A non-finite loss stops training with :class:`NonFiniteLossError`; the last good checkpoint stays.
+A non-finite loss stops training with :class:`NonFiniteLossError`; the last good checkpoint stays,
+and no checkpoint is written unless every weight and optimizer-state tensor is finite. A run holds
+a lock on its folder (``ssmt_lib.runlock``); a resume is checked against the checkpoint's config and
+data settings, and only extending ``train.epochs`` (or a few settings that change no weight) is
+allowed (``ssmt_lib.resume``).
 
 GPU path: bf16 autocast, SDPA attention (the default whenever no weights are recorded),
 channels_last, fused Adam, pinned-memory workers, and DistributedDataParallel under ``torchrun``.
@@ -22,7 +26,9 @@ import csv
 import json
 import math
 import os
+import pickle
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +45,8 @@ from ssmt_lib.config import Config, from_dict, to_dict
 from ssmt_lib.losses import total_loss
 from ssmt_lib.metrics import ReferenceMeter, SegmentationMeter
 from ssmt_lib.model import build_model
+from ssmt_lib.resume import check_resume, data_settings, non_finite_state, reopened_position
+from ssmt_lib.runlock import locks_run_folder
 from ssmt_lib.schedule import BudgetCosine
 
 CHECKPOINT = "last.pt"
@@ -86,11 +94,16 @@ def build_data(data: str = "phantom", data_root: str | Path | None = None, image
         label_fraction: keep the masks of this share of training images (a seeded subset); all of
             them stay in the phase-1 pool.
     """
-    from ssmt_lib.data import build_dataset, build_training_set, unlabeled_pool
+    from ssmt_lib.data import DATASET_NAMES, build_dataset, build_training_set, unlabeled_pool
 
     names = [n.strip() for n in data.split("+") if n.strip()]
     if not names:
         raise ValueError(f"data={data!r} names no dataset")
+    known = [n for n in DATASET_NAMES if n != "unlabeled"]  # "unlabeled" images come in as unlabeled_dir
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown dataset {unknown[0]!r} in data={data!r}; choose from {known} "
+                         f"(several joined by '+', e.g. 'tn3k+tg3k')")
     train_sets, evals = [], {}
     for name in names:
         if name == "phantom":
@@ -212,6 +225,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # pickled objects beyond tensors and containers: refused
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        raise ValueError(f"checkpoint {path} is refused as unsafe: it holds pickled Python objects "
+                         f"({found.group(1) if found else 'beyond tensors and plain containers'}) that could run "
+                         f"code when loaded. ssmt_lib only loads checkpoints as plain tensors and containers "
+                         f"(weights_only=True); use a checkpoint written by ssmt_lib.train.fit.") from None
     except Exception as err:  # corrupt/truncated/foreign files
         raise ValueError(f"cannot read checkpoint {path}: {err}") from err
 
@@ -235,13 +254,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict]:
     """Rebuild the model of a checkpoint (``best.pt`` or ``last.pt``) with its weights; eval mode."""
     ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"checkpoint {path} has no 'config' and 'model' entries (it holds {keys}): "
+                         f"it was not written by ssmt_lib.train.fit, so its model cannot be rebuilt")
     cfg = from_dict(ckpt["config"])
     name = ckpt.get("model_name")
     # checkpoints from before model.baseline_size existed hold tiny-width baselines (fit built no other)
     size = cfg.model.baseline_size if "baseline_size" in ckpt["config"].get("model", {}) else "tiny"
     model = build_model(name, preset=size, image_size=cfg.model.image_size) if name else build_model(config=cfg)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], path)
     return model.to(device).eval(), cfg, ckpt
+
+
+def load_weights(model: nn.Module, weights: dict[str, Tensor], path: str | Path) -> None:
+    """``model.load_state_dict(weights)``, naming ``path`` when the architectures do not match."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(f"the weights in {path} do not fit the model being built (another architecture): "
+                         f"{' '.join(str(err).split())[:600]}") from err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,6 +372,16 @@ def phase_plan(cfg: Config, pool_sizes: dict[int, int], has_recon: bool, world_s
     return plan
 
 
+def _check_model_name(model_name: str | None) -> None:
+    """A ``model_name`` must be a baseline (None trains SSMT-Net)."""
+    from ssmt_lib.baselines import ALIASES, BASELINE_NAMES
+
+    known = [*BASELINE_NAMES, *ALIASES]
+    if model_name is not None and model_name not in known:
+        raise ValueError(f"unknown model {model_name!r}: choose a baseline from {known}, "
+                         f"or give no model name (no --model) to train SSMT-Net")
+
+
 def epoch_images(dataset: Dataset, train_cfg: Any) -> int:
     """Images one phase-2 epoch draws from ``dataset`` (all ranks together, before DDP padding).
 
@@ -393,6 +435,7 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+@locks_run_folder("out_dir")  # one run per folder (ssmt_lib.runlock)
 def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None, out_dir: str | Path | None = None,
         model_name: str | None = None, datasets: dict[str, Dataset] | None = None,
         callbacks: tuple[Callable[[dict[str, Any]], None], ...] = (), device: torch.device | None = None,
@@ -418,6 +461,7 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
         :class:`TrainResult`.
     """
     t_cfg = cfg.train
+    _check_model_name(model_name)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -434,7 +478,7 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
     model = (build_model(model_name, preset=cfg.model.baseline_size, image_size=cfg.model.image_size)
              if model_name else build_model(config=cfg))
     if init_checkpoint is not None:
-        model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
+        load_weights(model, load_checkpoint(init_checkpoint)["model"], init_checkpoint)
     if t_cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
     model = model.to(device)
@@ -448,6 +492,8 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
                                                     find_unused_parameters=True)
         # DDP copied rank 0's weights to every rank; from here on each rank draws its own augmentation
         seed_everything(t_cfg.seed + RANK_SEED_STRIDE * dist.get_rank())
+    # stored in every checkpoint: evaluate scores the data the model was made for, a resume cannot switch it
+    run_data = data_settings(build_data, data, data_root, data_options) if datasets is None else None
     if datasets is None:
         datasets = build_data(data, data_root, image_size=cfg.model.image_size, seed=t_cfg.seed,
                               label_fraction=t_cfg.label_fraction, **data_options)
@@ -459,13 +505,19 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
     start_phase, start_epoch, resume = 1, 0, None
     if out is not None and (out / CHECKPOINT).is_file():
         resume = load_checkpoint(out / CHECKPOINT, map_location=device)
-        raw_model.load_state_dict(resume["model"])
+        check_resume(resume, out / CHECKPOINT, to_dict(cfg), model_name, run_data)  # ssmt_lib.resume
+        load_weights(raw_model, resume["model"], out / CHECKPOINT)
         history, best = resume["history"], resume["best"]
         start_phase, start_epoch = resume["next_phase"], resume["next_epoch"]
         _set_rng_state(_rank_rng(resume, t_cfg.seed))
     has_recon = "recon" in getattr(raw_model, "heads", ())
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     plan = phase_plan(cfg, {1: len(datasets["unlabeled"]), 2: epoch_images(datasets["train"], t_cfg)}, has_recon, world)
+    if all(plan[p]["steps"] == 0 for p in (1, 2)):
+        raise ValueError(f"nothing to train: train.epochs={t_cfg.epochs}, train.epochs_pretrain={t_cfg.epochs_pretrain}"
+                         + ("" if has_recon else f" and {model_name or 'this model'} has no reconstructor for phase 1"))
+    if resume is not None:  # a finished run resumed with more train.epochs reopens phase 2
+        start_phase, start_epoch = reopened_position(resume, plan[2]["epochs"])
     budget = None if t_cfg.max_minutes is None else 60.0 * t_cfg.max_minutes
     budget_used = resume.get("budget_used", 0.0) if resume is not None else 0.0  # seconds of finished phases
     stopped_early = False
@@ -493,6 +545,13 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
             record = _train_epoch(model, raw_model, loader, opt, sched, cfg, phase, epoch, device, progress, out)
+            bad = non_finite_state(raw_model, opt)  # a blow-up in an epoch's last step leaves a finite loss
+            if bad:
+                kept = out / CHECKPOINT if out is not None and (out / CHECKPOINT).is_file() else "none written yet"
+                raise NonFiniteLossError(
+                    f"non-finite weights or optimizer state after phase {phase}, epoch {epoch + 1} ({len(bad)} "
+                    f"tensors, e.g. {bad[:3]}); training stopped, no checkpoint written for this epoch. The last "
+                    f"good checkpoint ({kept}) is kept; lower train.lr or check the data.")
             if phase == 2 and is_main_process():
                 val = evaluate(raw_model, make_loader(datasets["val"], t_cfg.batch_size, False, 0, workers, device),
                                device, compute_hd95=False, references=False)
@@ -507,7 +566,8 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
                     best = {"epoch": epoch, "val_nodule_dice": record["val_nodule_dice"],
                             "val_nodule_dice_pooled": record["val_nodule_dice_pooled"]}
                     if out is not None:
-                        save_checkpoint(out / BEST, _state(raw_model, cfg, model_name, history + [record], best))
+                        save_checkpoint(out / BEST, _state(raw_model, cfg, model_name, history + [record], best,
+                                                           data=run_data))
             history.append(record)
             last = epoch == epochs - 1 or sched.done
             next_phase, next_epoch = (phase + 1, 0) if last else (phase, epoch + 1)
@@ -516,7 +576,7 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
             rng_ranks = _gather_rng_states() if distributed else None  # a collective: every rank calls it
             if out is not None and is_main_process():
                 state = _state(raw_model, cfg, model_name, history, best, phase=phase, next_phase=next_phase,
-                               next_epoch=next_epoch, opt=opt, sched=sched, budget_used=budget_used)
+                               next_epoch=next_epoch, opt=opt, sched=sched, budget_used=budget_used, data=run_data)
                 if rng_ranks is not None:
                     state["rng_ranks"] = rng_ranks  # each rank resumes its own augmentation stream
                 save_checkpoint(out / CHECKPOINT, state)
@@ -544,10 +604,11 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
 
 
 def _state(model: nn.Module, cfg: Config, model_name: str | None, history: list, best: dict, phase: int = 2,
-           next_phase: int = 3, next_epoch: int = 0, opt=None, sched=None, budget_used: float = 0.0) -> dict[str, Any]:
+           next_phase: int = 3, next_epoch: int = 0, opt=None, sched=None, budget_used: float = 0.0,
+           data: dict[str, Any] | None = None) -> dict[str, Any]:
     state = {"model": model.state_dict(), "config": to_dict(cfg), "model_name": model_name, "history": history,
              "best": best, "phase": phase, "next_phase": next_phase, "next_epoch": next_epoch, "rng": _rng_state(),
-             "budget_used": budget_used}
+             "budget_used": budget_used, "data": data}
     if opt is not None:
         state["optimizer"], state["scheduler"] = opt.state_dict(), sched.state_dict()
     return state
@@ -624,5 +685,6 @@ def write_metrics(path: Path, cfg: Config, history: list, best: dict, test: dict
     data = {"config": to_dict(cfg), "model_name": model_name or "ssmt", "history": history, "best": best,
             "test": test}
     tmp = path.with_suffix(".json.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(json.dumps(jsonable(data), indent=1))
     os.replace(tmp, path)

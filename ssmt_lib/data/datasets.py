@@ -26,14 +26,17 @@ from __future__ import annotations
 import bisect
 import copy
 import dataclasses
+import errno
 import inspect
 import json
+import os
 import re
 import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -44,7 +47,12 @@ from ssmt_lib.data.transforms import eval_transform, seed_transform, stitch, tra
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # matched case-insensitively
 ITEM_KEYS = ("image", "nodule_mask", "gland_mask", "has_nodule", "has_gland", "size", "id", "patient")
 DATASET_NAMES = ("phantom", "tn3k", "tg3k", "ddti", "ddti_tirads", "folder", "unlabeled")  # ddti_tirads: data/ddti_tirads.py
+MASK_CHECKS = 8  # masks a file dataset decodes at construction to catch all-empty / all-full masks
 PHANTOM_SPLIT_BLOCK = (7, 1, 2)  # train/val/test patients in every block of 10 phantom patients
+
+
+class MaskWarning(UserWarning):
+    """Every checked mask of a dataset is empty (or full): the masks are probably misread or wrong."""
 
 
 class DatasetError(ValueError):
@@ -79,17 +87,21 @@ def read_image(path: str | Path) -> np.ndarray:
                 return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
             return np.asarray(im.convert("L"), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}", path) from e
+        raise DatasetError(f"cannot read image {path}: {_os_reason(path, e)}", path) from e
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Decode a mask file to {0, 1} uint8.
+    """Decode a mask file to {0, 1} uint8, by a rule that fits the file.
 
-    Rule: JPEG masks (detected from the file content, not the extension) are binarised at
-    ``> 127`` (JPEG artefacts give values like 3 or 250; ``max()``-scaling would turn them into
-    foreground). Lossless masks whose values are all in {0, 1} are used as they are; any other
-    lossless mask is binarised at ``> 127`` too. Colour masks use the brightest channel; palette
-    masks use the palette index.
+    Rule (:func:`binarise_mask`): a lossless mask (PNG, BMP, TIFF ...) holds exact label values,
+    so it is cut halfway between its smallest and largest value: 0/1, 0/100 (16-bit), 0/255 and
+    anti-aliased 0..255 masks all come out right. A JPEG mask (detected from the file content, not
+    the extension) has compression artefacts around its two levels, so Otsu's method splits its
+    values into a dark and a bright cluster and the cut lies halfway between the two cluster means:
+    {0, 1} and 0/255 JPEG masks both work, and artefacts never become foreground. A uniform mask is
+    empty when its value is 0 and full otherwise. Colour masks use the brightest channel, palette
+    masks the palette index; a mask with an alpha channel whose colour is the same everywhere (drawn
+    in alpha only) uses the alpha channel.
 
     Args:
         path: mask file.
@@ -104,17 +116,58 @@ def read_mask(path: str | Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             is_jpeg = im.format == "JPEG"
+            alpha = np.asarray(im.getchannel("A")) if im.mode in ("RGBA", "LA", "PA") else None
             if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
                 arr = np.asarray(im.convert("RGB")).max(axis=-1)  # (H, W): brightest channel
             elif im.mode in ("LA", "PA"):
-                arr = np.asarray(im.convert("L"))
+                arr = np.asarray(im.getchannel(0))  # (H, W): grey value or palette index
             else:  # "1", "L", "P" (indices), "I;16", "I", "F"
                 arr = np.asarray(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot read mask {path}: {e}", path) from e
-    if not is_jpeg and arr.size and arr.max() <= 1 and arr.min() >= 0:
-        return (arr > 0).astype(np.uint8)
-    return (arr > 127).astype(np.uint8)
+        raise DatasetError(f"cannot read mask {path}: {_os_reason(path, e)}", path) from e
+    if alpha is not None and arr.size and arr.min() == arr.max() and alpha.min() != alpha.max():
+        arr = alpha  # colour carries nothing: the mask is drawn in the alpha channel
+    return binarise_mask(arr, jpeg=is_jpeg)
+
+
+def binarise_mask(values: np.ndarray, jpeg: bool = False) -> np.ndarray:
+    """{0, 1} uint8 from a mask's values: cut halfway between its two levels (see :func:`read_mask`).
+
+    Args:
+        values: (H, W) decoded mask values (any integer or float dtype; bool allowed).
+        jpeg: the values come from a JPEG file (levels found with Otsu's method, robust to artefacts).
+
+    Returns:
+        (H, W) uint8 in {0, 1}.
+    """
+    v = np.asarray(values)
+    if v.dtype == bool:
+        return v.astype(np.uint8)
+    if v.size == 0:
+        return np.zeros(v.shape, np.uint8)
+    lo, hi = float(v.min()), float(v.max())
+    if lo == hi:  # uniform: empty when 0, full otherwise
+        return np.full(v.shape, 1 if hi > 0 else 0, np.uint8)
+    cut = (lo + hi) / 2
+    if jpeg and v.dtype == np.uint8:
+        otsu, _ = cv2.threshold(v, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)  # dark/bright clusters
+        dark, bright = v[v <= otsu], v[v > otsu]
+        if dark.size and bright.size:
+            cut = (float(dark.mean()) + float(bright.mean())) / 2
+    return (v > cut).astype(np.uint8)
+
+
+def _os_reason(path: str | Path, err: BaseException) -> str:
+    """The error text, saying plainly when ``path`` is a symbolic link loop or a dangling link."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return "it is a symbolic link loop"
+            return f"it is a dangling symbolic link to {os.readlink(path)} (the target does not exist)"
+    return str(err)
 
 
 def _header_size(path: Path) -> tuple[int, int]:
@@ -123,7 +176,7 @@ def _header_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot read image header of {path}: {e}", path) from e
+        raise DatasetError(f"cannot read image header of {path}: {_os_reason(path, e)}", path) from e
 
 
 def _natural_key(path: Path) -> tuple:
@@ -133,14 +186,17 @@ def _natural_key(path: Path) -> tuple:
 
 def _list_images(folder: Path, recursive: bool = False) -> list[Path]:
     """Image files (by extension, any case) in ``folder``, naturally sorted; files with other
-    extensions (README.txt, Thumbs.db) are not images and are ignored."""
+    extensions (README.txt, Thumbs.db) are not images and are ignored. Broken symbolic links
+    (loops, missing targets) with an image extension are listed, so that reading them fails with
+    a message naming them (or ``skip_bad`` counts them) like any unreadable file."""
     if not folder.exists():
         raise DatasetError(f"folder not found: {folder}", folder)
     if not folder.is_dir():
         raise DatasetError(f"not a folder: {folder}", folder)
     pattern = "**/*" if recursive else "*"
     files = [p for p in folder.glob(pattern)
-             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+             if (p.is_file() or p.is_symlink() and not p.exists())
+             and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
     if not files:
         raise DatasetError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}", folder)
     return sorted(files, key=lambda p: (_natural_key(p), str(p)))
@@ -188,7 +244,7 @@ class SegmentationDataset(Dataset):
         self.transform = (train_transform if augment else eval_transform)(image_size, channels)
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of every skipped item
         self._unlabeled = False
-        self._warned_load = False
+        self.replaced: dict[int, int] = {}  # load-time skip_bad: bad item -> the item standing in for it
 
     # -- bookkeeping for skip_bad
     @property
@@ -222,21 +278,30 @@ class SegmentationDataset(Dataset):
         return view
 
     def _load_checked(self, i: int) -> dict:
-        """``load_raw`` with load-time ``skip_bad``: a bad item is recorded and replaced by the
-        next good one (deterministic)."""
+        """``load_raw`` with load-time ``skip_bad``: a bad file is recorded once in ``skipped``
+        (distinct files, however many epochs meet it) and its item is replaced by the next readable
+        one, deterministically. Each replacement is warned about once, naming the stand-in, which
+        then appears twice per epoch (``len`` cannot shrink under a running sampler or a
+        ``ConcatDataset``; ``verify="full"`` finds bad files before ``len`` is fixed)."""
         n = len(self)
+        first_error = None
         for k in range(n):
             j = (i + k) % n
             try:
-                return self.load_raw(j)
+                raw = self.load_raw(j)
             except DatasetError as e:
                 if not self.skip_bad:
                     raise
-                self.skipped.append((e.path or "?", str(e)))
-                if not self._warned_load:
-                    self._warned_load = True
-                    warnings.warn(f"{self.name} ({self.split}): unreadable file skipped at load time: "
-                                  f"{e}; see dataset.skipped", stacklevel=3)
+                first_error = first_error or e
+                if (e.path or "?") not in {p for p, _ in self.skipped}:
+                    self.skipped.append((e.path or "?", str(e)))
+                continue
+            if k and i not in self.replaced:
+                self.replaced[i] = j
+                warnings.warn(f"{self.name} ({self.split}): item {i} is unreadable ({first_error}); item {j} "
+                              f"({raw['id']}) stands in for it, so that item appears twice per epoch. Fix or "
+                              f"remove the file (see dataset.skipped and dataset.replaced)", stacklevel=3)
+            return raw
         raise DatasetError(f"{self.name} ({self.split}): no readable item left", None)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -386,6 +451,28 @@ class FileDataset(SegmentationDataset):
                                   if self.skipped else ""),
                                self.skipped[0][0] if self.skipped else None)
         self._warn_skipped()
+        self._check_mask_content()
+
+    def _check_mask_content(self) -> None:
+        """Warn (:class:`MaskWarning`) when every checked mask comes out empty, or every one full:
+        a wrong mask folder, or files the binarisation rule (:func:`read_mask`) does not fit.
+        Up to ``MASK_CHECKS`` masks, spread over the set, are decoded."""
+        masked = [r for r in self.records if r.mask is not None]
+        if not masked:
+            return
+        picks = np.unique(np.linspace(0, len(masked) - 1, min(MASK_CHECKS, len(masked))).round().astype(int))
+        fills = []
+        for k in picks:
+            try:
+                fills.append(float(read_mask(masked[k].mask).mean()))
+            except DatasetError:
+                continue  # reported when the item is loaded
+        for kind, value in (("empty", 0.0), ("full (foreground everywhere)", 1.0)):
+            if fills and all(f == value for f in fills):
+                warnings.warn(f"{self.name} ({self.split}): all {len(fills)} checked masks are {kind} after "
+                              f"binarisation, e.g. {masked[picks[0]].mask}. Check the mask folder and files (the "
+                              f"rule: ssmt_lib.data.read_mask); training on them teaches nothing", MaskWarning,
+                              stacklevel=4)
 
     def _valid(self, r: Record, verify: str) -> bool:
         """Cheap eager checks (headers only) or a full decode when ``verify == "full"``."""
@@ -527,21 +614,36 @@ def _select_by_json(json_path: Path, key: str, images: list[Path], skip: Callabl
         raise DatasetError(f"split file {json_path} has no list {key!r} (keys: "
                            f"{sorted(spec) if isinstance(spec, dict) else type(spec).__name__})", json_path)
     by_stem = {p.stem: p for p in images}
-    out = []
-    for entry in spec[key]:
+
+    def resolve(entry: Any) -> Path | None:
         if isinstance(entry, int) and not isinstance(entry, bool):
-            if 0 <= entry < len(images):
-                out.append(images[entry])
-            else:
-                skip(f"split index {entry} in {json_path} [{key!r}] is out of range: "
-                     f"{len(images)} images in {images[0].parent}", json_path)
-        elif isinstance(entry, str) and entry in by_stem:
-            out.append(by_stem[entry])
+            return images[entry] if 0 <= entry < len(images) else None
+        return by_stem.get(entry) if isinstance(entry, str) else None
+
+    out, first = [], {}
+    for entry in spec[key]:
+        path = resolve(entry)
+        if path is not None and path in first:
+            skip(f"split file {json_path} [{key!r}] lists {path.name} twice (entries {first[path]!r} and "
+                 f"{entry!r})", json_path)
+        elif path is not None:
+            first[path] = entry
+            out.append(path)
+        elif isinstance(entry, int) and not isinstance(entry, bool):
+            skip(f"split index {entry} in {json_path} [{key!r}] is out of range: "
+                 f"{len(images)} images in {images[0].parent}", json_path)
         elif isinstance(entry, str):
             skip(f"split entry {entry!r} in {json_path} [{key!r}] names no image in {images[0].parent}",
                  json_path)
         else:
             skip(f"split entry {entry!r} in {json_path} [{key!r}] is neither an index nor a stem", json_path)
+    other = {"train": "val", "val": "train"}.get(key)
+    if other is not None and isinstance(spec.get(other), list):  # a leak of training images into validation
+        both = sorted({resolve(e) for e in spec[other]} & set(out) - {None}, key=lambda p: p.name)
+        if both:
+            raise DatasetError(f"split file {json_path}: {len(both)} image(s) are in both 'train' and 'val' "
+                               f"(e.g. {[p.name for p in both[:5]]}); validation must not hold training "
+                               f"images", json_path)
     return out
 
 
