@@ -36,9 +36,15 @@ class ModelConfig:
     mlp_ratio: float = 4.0  # ViT FFN width / token width
     fused_attn: bool = True  # use SDPA when attention weights are not requested
     pretrained_file: str | None = None  # local timm checkpoint for vit_base_r50_s16_224; None = random init
+    # timm's ViT prepends a class token (as vit_base_r50_s16_224 is pretrained); the paper's eq. 1 has
+    # patch tokens only: False. No head reads the class token (F_T and the size head use the patches).
+    class_token: bool = True
 
     # --- fusion of F_C (ResNet 1/16 map) and F_T (ViT tokens as a map) ---
     fusion_channels: int = 256  # both maps are projected to this width and summed
+    # the CNN decoders' input: "fused" = proj(F_C) + proj(F_T), like the reconstructor (eq. 11);
+    # "tokens" = proj(F_T) only, TransUNet's decoder input (the paper names F_C + F_T for eq. 11 only)
+    decoder_input: str = "fused"
 
     # --- CNN decoder, one per task (TransUNet cup) ---
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16)  # widths at 1/8, 1/4, 1/2, 1/1
@@ -220,6 +226,7 @@ _CHOICES = {
     "loss.matching": ("hungarian", "fixed"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "model.baseline_size": ("paper", "tiny"),
+    "model.decoder_input": ("fused", "tokens"),
     "loss.objective": ("eq12", "trfe", "bce_dice"),
     "loss.seg_loss": ("normalized", "dice", "mask2former"),
 }

@@ -1,8 +1,9 @@
 """Hybrid CNN-Transformer encoder of SSMT-Net (paper eq. 1-3; TransUNet's R50-ViT-B/16).
 
 A ResNet-50 (stages of 3, 4 and 9 bottleneck blocks) turns the image into a 1/16 feature map
-``F_C``. The ViT tokenizes that map with patch size 1 (eq. 1: ``z_0 = [x_cls; x_p E] + E_pos``,
-here ``E`` is a 1x1 convolution), then runs ``depth`` pre-norm Transformer layers
+``F_C``. The ViT tokenizes that map with patch size 1 (eq. 1: ``z_0 = [x_1 E; ...; x_N E] + E_pos``,
+here ``E`` is a 1x1 convolution; timm's ViT also prepends a class token, which eq. 1 does not have:
+``ModelConfig.class_token=False`` drops it), then runs ``depth`` pre-norm Transformer layers
 (eq. 2: ``z' = MSA(LN(z)) + z``, eq. 3: ``z = MLP(LN(z')) + z'``). The patch tokens, reshaped back
 to a map, are ``F_T``.
 
@@ -32,14 +33,15 @@ class EncoderFeatures:
 
     skips: list[Tensor]  # ResNet maps at 1/2, 1/4, 1/8: (B, C_s, H/s, W/s)
     f_c: Tensor  # (B, C16, H/16, W/16) ResNet output, the CNN half of the fusion
-    tokens: Tensor  # (B, 1 + h*w, D) ViT output after the final norm (class token first)
+    tokens: Tensor  # (B, prefix + h*w, D) ViT output after the final norm (class token first, if any)
     grid: tuple[int, int]  # (h, w) token grid = H/16, W/16
+    prefix: int = 1  # tokens before the patch grid: 1 (class token) or 0 (model.class_token=False)
 
     @property
     def f_t(self) -> Tensor:
         """Patch tokens as a map: (B, D, h, w)."""
         h, w = self.grid
-        patch = self.tokens[:, 1:]  # (B, h*w, D)
+        patch = self.tokens[:, self.prefix:]  # (B, h*w, D)
         return patch.transpose(1, 2).reshape(patch.shape[0], -1, h, w)  # (B, D, h, w)
 
 
@@ -67,6 +69,8 @@ def build_vit(cfg: ModelConfig) -> VisionTransformer:
         num_heads=cfg.num_heads,
         mlp_ratio=cfg.mlp_ratio,
         embed_layer=partial(HybridEmbed, backbone=backbone),
+        class_token=cfg.class_token,
+        global_pool="token" if cfg.class_token else "avg",  # unused (num_classes=0); timm checks it
     )
     set_fused_attn(vit, cfg.fused_attn)
     return vit
@@ -97,7 +101,11 @@ def load_pretrained(vit: VisionTransformer, file: str) -> None:
         "vit_base_r50_s16_224", pretrained=True, pretrained_cfg_overlay=dict(file=file),
         num_classes=0, img_size=grid[0] * 16,
     )
-    missing, unexpected = vit.load_state_dict(ref.state_dict(), strict=False)
+    weights = ref.state_dict()
+    if vit.cls_token is None:  # the paper's eq. 1: patch tokens only, so drop the class token's entries
+        weights.pop("cls_token")
+        weights["pos_embed"] = weights["pos_embed"][:, ref.num_prefix_tokens:]  # (1, h*w, D)
+    missing, unexpected = vit.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"weights in {file} do not fit this encoder (use the 'paper' preset widths): "
@@ -124,11 +132,11 @@ class HybridEncoder(nn.Module):
         return self.vit.patch_embed.backbone
 
     def pos_embed(self, h: int, w: int) -> Tensor:
-        """Learned position embeddings (class token + h*w grid), resampled if the grid changed."""
-        pos = self.vit.pos_embed  # (1, 1 + h0*w0, D)
+        """Learned position embeddings (class token, if any, + h*w grid), resampled if the grid changed."""
+        pos = self.vit.pos_embed  # (1, prefix + h0*w0, D)
         if (h, w) != tuple(self.vit.patch_embed.grid_size):
             pos = resample_abs_pos_embed(pos, new_size=[h, w], old_size=list(self.vit.patch_embed.grid_size),
-                                         num_prefix_tokens=1)
+                                         num_prefix_tokens=self.vit.num_prefix_tokens)
         return pos
 
     def forward(self, x: Tensor) -> EncoderFeatures:
@@ -143,9 +151,11 @@ class HybridEncoder(nn.Module):
         z = self.vit.patch_embed.proj(f_c)  # eq. 1, x_p E: (B, D, h, w)
         h, w = z.shape[-2:]
         z = z.flatten(2).transpose(1, 2)  # (B, h*w, D)
-        cls = self.vit.cls_token.expand(z.shape[0], -1, -1)  # (B, 1, D)
-        z = torch.cat([cls, z], dim=1) + self.pos_embed(h, w)  # (B, 1 + h*w, D)
+        if self.vit.cls_token is not None:
+            cls = self.vit.cls_token.expand(z.shape[0], -1, -1)  # (B, 1, D)
+            z = torch.cat([cls, z], dim=1)  # (B, 1 + h*w, D)
+        z = z + self.pos_embed(h, w)  # (B, prefix + h*w, D)
         z = self.vit.norm_pre(self.vit.pos_drop(z))
         z = self.vit.blocks(z)  # eq. 2-3, `depth` times
         z = self.vit.norm(z)
-        return EncoderFeatures(skips=[s2, s4, s8], f_c=f_c, tokens=z, grid=(h, w))
+        return EncoderFeatures(skips=[s2, s4, s8], f_c=f_c, tokens=z, grid=(h, w), prefix=self.vit.num_prefix_tokens)

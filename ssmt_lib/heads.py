@@ -1,8 +1,8 @@
 """Small heads of SSMT-Net.
 
 - ``MLP``: the mask-embedding MLP of eq. 7 (``MLP(LN(P_t))``) and the building block of the others.
-- ``SizeHead``: nodule-size estimator, an MLP 768-256-128-64-1 with ReLU on mean-pooled ViT tokens
-  and a sigmoid, predicting nodule area / image area (the paper's auxiliary regression task).
+- ``SizeHead``: nodule-size estimator (paper Sec. 2.4, eq. 10: ``V = sigmoid(MLP(f))``), an MLP
+  768-256-128-64-1 with ReLU on mean-pooled ViT patch tokens, predicting nodule area / image area.
 """
 from __future__ import annotations
 
@@ -43,12 +43,13 @@ class SizeHead(nn.Module):
         # otherwise short runs spend their steps just walking the output down from 50% of the image.
         nn.init.constant_(self.mlp[-1].bias, math.log(prior / (1 - prior)))
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, prefix: int = 1) -> Tensor:
         """Args:
-            tokens: (B, 1 + h*w, D), class token first (it is left out of the pooling).
+            tokens: (B, prefix + h*w, D), class token first (it is left out of the pooling).
+            prefix: tokens before the patch grid (1: a class token; 0: none, the paper's eq. 1).
 
         Returns:
             (B,) area fraction in [0, 1].
         """
-        pooled = tokens[:, 1:].mean(dim=1)  # (B, D)
+        pooled = tokens[:, prefix:].mean(dim=1)  # (B, D)
         return self.mlp(pooled).squeeze(-1).sigmoid()  # (B,)

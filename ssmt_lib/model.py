@@ -3,11 +3,12 @@
     image ──ResNet-50──► F_C (1/16) ─┐ 1x1 proj
             skips 1/2,1/4,1/8   │    ├─ sum ─► fused (1/16) ─┬─► CNN decoder_t (+skips) ─► aux logits
                                 └ViT► F_T ─┘ 1x1 proj        │      └ levels 1/8,1/4,1/2,1/1 ─► query decoder_t ─► masks, classes
-                                 │                           └─► reconstructor (no skips) ─► image   (eq. 13)
-                                 └─ pooled tokens ─► size MLP ─► nodule area fraction
+                                 │                           └─► reconstructor (no skips) ─► image   (eq. 11; loss eq. 13)
+                                 └─ pooled tokens ─► size MLP ─► nodule area fraction   (eq. 10)
 
 Every part is a switch in :class:`~ssmt_lib.config.ModelConfig` (Table 2 variants, query decoder
-on/off, masked attention on/off, reported map). ``build_model`` is the single entry point for
+on/off, masked attention on/off, reported map, ``decoder_input``: fused map or F_T alone into the
+segmentation decoders, ``class_token``). ``build_model`` is the single entry point for
 SSMT-Net presets and the baselines.
 """
 from __future__ import annotations
@@ -106,17 +107,19 @@ class SSMTNet(nn.Module):
             out.attentions = dict(maps)
             return out
         feats, fused = self.forward_features(x)
+        # model.decoder_input: the segmentation decoders read F_C + F_T (fused) or F_T alone (TransUNet)
+        seg_in = fused if self.cfg.decoder_input == "fused" else self.proj_t(feats.f_t)
         out = ModelOutput()
         for task in self.tasks:
             if task in wanted:
-                r = self.forward_task(task, feats, fused)
+                r = self.forward_task(task, feats, seg_in)
                 setattr(out, f"{task}_logits", r["logits"])
                 setattr(out, f"{task}_aux_logits", r["aux"])
                 setattr(out, f"{task}_queries", r["queries"])
         if "recon" in wanted:
             out.recon = self.reconstructor(fused)[1]
         if "size" in wanted:
-            out.size = self.size_head(feats.tokens)
+            out.size = self.size_head(feats.tokens, feats.prefix)
         return out
 
 

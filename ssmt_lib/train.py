@@ -1,4 +1,4 @@
-"""Two-phase training of SSMT-Net (paper Sec. 3.3), evaluation and checkpoints.
+"""Two-phase training of SSMT-Net (paper Sec. 2.6; settings Sec. 3.1), evaluation and checkpoints.
 
 Phase 1 (unsupervised): only the reconstruction path (encoder + fusion + reconstructor) trains, on
 the unlabeled pool (every training image of every set, never test images), with the Charbonnier
@@ -18,7 +18,10 @@ data settings, and only extending ``train.epochs`` (or a few settings that chang
 allowed (``ssmt_lib.resume``).
 
 GPU path: bf16 autocast, SDPA attention (the default whenever no weights are recorded),
-channels_last, fused Adam, pinned-memory workers, and DistributedDataParallel under ``torchrun``.
+channels_last, fused Adam, pinned-memory workers, and DistributedDataParallel under ``torchrun``:
+``train.batch_size`` is per process; each rank trains on its ``DistributedSampler`` share with its
+own augmentation seeds, validation and test are scored by rank 0 on the whole set (evaluation
+loaders are never sharded), and ``train.sync_batchnorm`` turns on SyncBatchNorm (CUDA).
 """
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ def default_device() -> torch.device:
 
 def build_data(data: str = "phantom", data_root: str | Path | None = None, image_size: int = 128, fold: int = 0,
                phantom_n: int = 256, phantom_profile: str = "default", unlabeled_dir: str | Path | None = None,
-               seed: int = 0, label_fraction: float = 1.0) -> dict[str, Dataset]:
+               seed: int = 0, label_fraction: float = 1.0, intensity_aug: bool = True) -> dict[str, Dataset]:
     """Datasets of one run: ``train`` (multi-task, augmented), ``val``, ``test``, ``unlabeled`` (phase 1).
 
     Args:
@@ -93,6 +96,8 @@ def build_data(data: str = "phantom", data_root: str | Path | None = None, image
         seed: phantom seed and seed of the labelled subset.
         label_fraction: keep the masks of this share of training images (a seeded subset); all of
             them stay in the phase-1 pool.
+        intensity_aug: the brightness/contrast and gamma jitter of ``train_transform`` (beyond the
+            paper, whose Sec. 3.1 lists flipping, rotation, zoom-out and stitching); False drops it.
     """
     from ssmt_lib.data import DATASET_NAMES, build_dataset, build_training_set, unlabeled_pool
 
@@ -123,6 +128,11 @@ def build_data(data: str = "phantom", data_root: str | Path | None = None, image
     pools = list(train_sets)
     if unlabeled_dir is not None:
         pools.append(build_dataset("unlabeled", image_dir=unlabeled_dir, image_size=image_size, augment=True))
+    if not intensity_aug:  # the paper's augmentations only: flip, rotation, zoom-out (and stitching)
+        from ssmt_lib.data import train_transform
+
+        for ds in pools:
+            ds.transform = train_transform(image_size, ds.channels, p_intensity=0.0)
     train = build_training_set(train_sets)
     if label_fraction < 1.0:
         keep = max(1, round(label_fraction * len(train)))
@@ -338,7 +348,7 @@ class TrainResult:
 
 def _optimizer(model: nn.Module, cfg: Config, total_steps: int, device: torch.device,
                budget_seconds: float | None = None):
-    """Adam/AdamW and the per-step cosine that ends at ``min_lr`` after ``total_steps`` or ``budget_seconds``."""
+    """Adam/AdamW/SGD and the per-step cosine that ends at ``min_lr`` after ``total_steps`` or ``budget_seconds``."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.train.optimizer]
     extra = {"momentum": cfg.train.momentum} if cfg.train.optimizer == "sgd" else {}  # TRFE-Net's SGD

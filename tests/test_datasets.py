@@ -484,3 +484,13 @@ def test_patient_split_is_patientwise_and_deterministic():
     assert groups != patient_split(ids, patients, (0.7, 0.1, 0.2), seed=6)
     with pytest.raises(ValueError, match="fractions"):
         patient_split(ids, patients, (0.7, 0.7))
+
+
+def test_ddti_split_without_patient_ids_warns_image_wise(tmp_path):
+    root = make_ddti(tmp_path / "ddti")
+    with pytest.warns(UserWarning, match="no patient ids.*image-wise"):
+        build_dataset("ddti", root=root, split="train", image_size=S)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with patient ids (or no split) nothing to warn about
+        build_dataset("ddti", root=root, split="test", image_size=S, patient_regex=r"^(\d)")
+        build_dataset("ddti", root=root, split="all", image_size=S)

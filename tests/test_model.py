@@ -406,3 +406,18 @@ def test_training_step_forms_only_the_reported_full_resolution_masks():
         assert all(p._mask_logits is None for p in preds[:-1])
         assert preds[-1]._mask_logits is not None
     assert all(p.grad is not None for n, p in model.named_parameters() if "query_decoders" in n and "class_head" not in n)
+
+
+def test_paper_switches_class_token_and_decoder_input():
+    """README "Deviations from the paper": the switches that restore the paper's choices run."""
+    x = torch.randn(2, 3, 32, 32)
+    plain = build_model("tiny", image_size=32, class_token=False)  # eq. 1: patch tokens only
+    assert plain.encoder.vit.cls_token is None and plain.encoder.vit.pos_embed.shape[1] == 4  # 2x2 grid
+    feats = plain.encoder(x)
+    assert feats.prefix == 0 and feats.tokens.shape == (2, 4, 96) and feats.f_t.shape == (2, 96, 2, 2)
+    assert plain(x).size.shape == (2,)
+    for mode, reaches in (("fused", True), ("tokens", False)):  # does F_C reach the nodule map?
+        model = build_model("tiny", image_size=32, decoder_input=mode, reconstruction=False).eval()
+        model(x).nodule_aux_logits.square().mean().backward()  # the CNN decoder; eval: BN is affine
+        grad = model.proj_c[0].weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == reaches, mode

@@ -292,3 +292,17 @@ def test_metrics_table_matches_evaluate(unbroken):
     assert table.loc["run", "n"] == sum(table.loc["run", f"{b}_n"] for b in ("empty", "small", "medium", "large"))
     with pytest.raises(KeyError, match="no 'gland'"):
         metrics_table({"run": {"nodule": result.test["nodule"]}}, task="gland")
+
+
+def test_build_data_without_intensity_augmentation():
+    """The paper's augmentations only (Sec. 3.1): brightness/contrast and gamma jitter switched off."""
+    import albumentations as A
+
+    def intensity_probs(ds) -> list[float]:
+        return [t.p for t in ds.transform.transforms if isinstance(t, (A.RandomBrightnessContrast, A.RandomGamma))]
+
+    on = build_data("phantom", image_size=32, phantom_n=8)
+    off = build_data("phantom", image_size=32, phantom_n=8, intensity_aug=False)
+    assert intensity_probs(on["train"].datasets[0]) == [0.5, 0.5]
+    assert intensity_probs(off["train"].datasets[0]) == [0.0, 0.0]
+    assert intensity_probs(off["unlabeled"].datasets[0]) == [0.0, 0.0]  # phase 1 too

@@ -1,7 +1,7 @@
 """Data for SSMT-Net: one entry point, ``build_dataset``, for the built-in phantom and the public
 thyroid ultrasound sets (TN3K, TG3K, DDTI; DDTI's original XML release with TI-RADS as
 "ddti_tirads") or any image/mask folder; combined multi-task training sets (nodule + gland labels,
-paper Sec. 3) and the unlabeled phase-1 pool; augmentation.
+paper Sec. 2.6 and 3.1) and the unlabeled phase-1 pool; augmentation.
 
     >>> from ssmt_lib.data import build_dataset, build_training_set, unlabeled_pool
     >>> train = build_dataset("phantom", split="train", n=64, image_size=128, augment=True)

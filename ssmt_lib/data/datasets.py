@@ -723,6 +723,10 @@ def _build_ddti(root, split, fold, image_size, augment, skip_bad, *, val_fractio
     root = _root(root, "ddti")
     skip = _Skipper(skip_bad)
     records = _pair_records(_list_images(root / "image"), root / "mask", "ddti", "ddti", skip, patient_regex)
+    if patient_regex is None and split != "all":
+        warnings.warn(f"DDTI ({root}) has no patient ids: its {split!r} split is made image-wise (every image its "
+                      f"own patient), so views of one patient can land in train and test; pass patient_regex= "
+                      f"when the file names encode the patient", UserWarning, stacklevel=3)
     records = _fraction_split(records, split, val_fraction, test_fraction, split_seed, "ddti")
     return _file_dataset("ddti", split, records, "nodule", image_size, augment, skip_bad, skip.items,
                          channels, stitch_prob, verify)

@@ -1,7 +1,7 @@
 """Augmentation pipelines for thyroid ultrasound (albumentations) and image stitching.
 
-SSMT-Net (Farooq et al., arXiv 2512.12662, "Implementation details") trains at 224x224 with
-flip, rotation, zoom-out and stitching. Here:
+SSMT-Net (Farooq et al., arXiv 2512.12662, Sec. 3.1) trains at 224x224 with flipping, rotation,
+zoom-out and stitching. Here:
 
 - ``train_transform``: resize, brightness/contrast + gamma (gain and TGC differ between scanners),
   horizontal flip (left/right lobes look alike), small rotation and zoom-out (``A.Affine`` with

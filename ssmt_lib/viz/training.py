@@ -1,4 +1,4 @@
-"""Training views for the two phases of SSMT-Net (paper Sec. 3.3): curves, reconstructions, predictions.
+"""Training views for the two phases of SSMT-Net (paper Sec. 2.6): curves, reconstructions, predictions.
 
 * :func:`plot_history` draws one panel per term of eq. 12
   (``L = alpha L_nodule + beta L_gland + gamma L_size + eta L_rec``) over the epochs of both phases,
