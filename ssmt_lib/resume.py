@@ -1,7 +1,8 @@
 """What a checkpoint must hold to be written, and what a resumed run may change.
 
-SSMT-Net trains in two phases (paper Sec. 3.3) for hundreds of epochs, so runs are resumed from
-``last.pt``. A resume continues *that* run: with the same config and data it ends bit-identical
+SSMT-Net (Farooq et al., "Anatomy-Guided Representation Learning Using a Transformer-Based Network
+for Thyroid Nodule Segmentation in Ultrasound Images", arXiv 2512.12662) trains in two phases
+(Sec. 2.6) for 300 supervised epochs (Sec. 3.1), so runs are resumed from ``last.pt``. A resume continues *that* run: with the same config and data it ends bit-identical
 to an unbroken run (tests/test_train.py). This module holds the rules around it:
 
 * **Data settings** (:func:`data_settings`): the data a run trains on (``data``, ``data_root``,

@@ -75,6 +75,7 @@ class RunLock:
         self._made_folder = False
 
     def acquire(self) -> "RunLock":
+        """Take the lock (creating the folder when missing); raise :class:`RunLockedError` when held."""
         try:
             import fcntl
         except ImportError:  # Windows: no flock
@@ -113,6 +114,7 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Delete the lock file and let go; remove the folder again if this lock made it and it is empty."""
         if self._fd is None:
             return
         try:
