@@ -61,6 +61,10 @@ class ModelConfig:
     mask_dim: int = 64  # width of the full-resolution pixel embedding and mask MLP output (eq. 7)
     num_classes: int = 1  # K foreground classes per task (binary nodule or gland); +1 no-object
     output_mode: str = "transformer"  # reported map: "transformer", "cnn", or "sum" (logits added)
+    # How the query decoder's map is formed: "soft" = sum over queries of softmax(class) x
+    # sigmoid(mask) (Mask2Former's semantic inference); "argmax" = the paper's eq. 9: the masks of the
+    # queries whose argmax class is foreground, united (decoders.argmax_probabilities)
+    inference: str = "soft"
 
     # --- tasks (the Table 2 switches) ---
     gland: bool = True  # gland decoder (multi-task)
@@ -97,6 +101,10 @@ class LossConfig:
     deep_supervision: bool = True  # supervise the prediction of every query-decoder layer
     # matching and mask loss on a random-offset pixel grid of at most this many points; None = every pixel
     points: int | None = 12544  # Mask2Former's number of sampled points
+    # Query targets: "instances" = one target per connected component of a mask (8-connected), so each
+    # nodule (gland region) is matched to its own query, as the paper represents "each nodule and gland"
+    # by a query (Sec. 2.3); "semantic" = one target per class (all nodules of an image merged)
+    targets: str = "instances"
     # The training objective: "eq12" (SSMT-Net's eq. 12, all of the above); the baselines' own losses
     # (losses.baseline_loss, set by BASELINE_SETTINGS): "trfe" (TRFE-Net eq. 4: sum of per-image
     # nodule Dice + 0.5 x sum of per-image gland Dice), "bce_dice" (the dual-stage paper's eq. 21).
@@ -227,6 +235,8 @@ _CHOICES = {
     "train.optimizer": ("adam", "adamw", "sgd"),
     "model.baseline_size": ("paper", "tiny"),
     "model.decoder_input": ("fused", "tokens"),
+    "model.inference": ("soft", "argmax"),
+    "loss.targets": ("instances", "semantic"),
     "loss.objective": ("eq12", "trfe", "bce_dice"),
     "loss.seg_loss": ("normalized", "dice", "mask2former"),
 }

@@ -312,3 +312,22 @@ def semantic_probabilities(pred: QueryPrediction) -> Tensor:
     """
     cls = pred.class_logits.softmax(-1)[..., :-1]  # (B, N, K)
     return torch.einsum("bnk,bnhw->bkhw", cls, pred.mask_logits.sigmoid())  # (B, K, H, W)
+
+
+def argmax_probabilities(pred: QueryPrediction) -> Tensor:
+    """Eq. 9 inference: per class k, the union of the masks of the queries whose argmax class is k.
+
+    Each query's class is ``argmax`` of its K+1 scores (eq. 8-9; "no object" included, so a
+    query predicting "no object" contributes nothing); class k's map is the pixel-wise maximum of
+    ``sigmoid(mask_q)`` over the queries of class k, so thresholding it at 0.5 gives the union of
+    their binarised masks (eq. 7). No query of class k: an all-zero map.
+
+    Returns:
+        (B, K, H, W) scores in [0, 1].
+    """
+    cls = pred.class_logits.argmax(-1)  # (B, N), values 0..K (K = no object)
+    masks = pred.mask_logits.sigmoid()  # (B, N, H, W)
+    k = pred.class_logits.shape[-1] - 1
+    chosen = cls[:, :, None] == torch.arange(k, device=cls.device)  # (B, N, K)
+    weights = chosen.to(masks.dtype)[..., None, None]  # (B, N, K, 1, 1)
+    return (masks[:, :, None] * weights).amax(dim=1)  # (B, K, H, W)

@@ -8,7 +8,9 @@ The total loss is eq. 12 of the paper::
   :func:`task_loss` and ``LossConfig.seg_loss``): for the Transformer query decoder
   (eq. 4-9) the mask-classification loss of Mask2Former (Cheng et al., 2022): every query gets a
   class (K foreground classes + "no object"); each ground-truth mask is matched to one query by the
-  Hungarian algorithm on the cost ``2 * class + 5 * BCE + 5 * Dice``; matched queries are trained on
+  Hungarian algorithm on the cost ``2 * class + 5 * BCE + 5 * Dice`` (with ``LossConfig.targets=
+  "instances"`` every connected component, i.e. every nodule, is its own target mask:
+  :func:`instance_targets`); matched queries are trained on
   class and mask, the others on "no object". The CNN decoder's auxiliary head adds BCE + Dice.
   Like Mask2Former, which evaluates matching and mask losses on 12544 sampled points, the query
   terms use a pixel grid: every s-th pixel in both axes (s the smallest stride leaving at most
@@ -27,8 +29,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
@@ -142,17 +146,20 @@ def _masked_mean(per_sample: Tensor, valid: Tensor) -> Tensor:
 
 
 def matching_cost(
-    pred: QueryPrediction, targets: Tensor, cost_class: float = 2.0, cost_bce: float = 5.0, cost_dice: float = 5.0
+    pred: QueryPrediction, targets: Tensor, cost_class: float = 2.0, cost_bce: float = 5.0, cost_dice: float = 5.0,
+    labels: Tensor | None = None,
 ) -> Tensor:
-    """Mask2Former matching cost between every query and every class mask, for a whole batch.
+    """Mask2Former matching cost between every query and every target mask, for a whole batch.
 
     Args:
         pred: one query prediction, ``class_logits`` (B, N, K+1) and ``mask_logits`` (B, N, H, W).
-        targets: (B, K, H, W) binary masks, channel k = class k (binary task: K = 1).
+        targets: (B, M, H, W) binary masks: one per class (M = K, channel k = class k) or, with
+            ``labels``, one per instance (:func:`instance_targets`).
         cost_class, cost_bce, cost_dice: weights of ``-p(class)``, pixel-mean BCE and Dice cost.
+        labels: (B, M) class index of each target; None = the channel index.
 
     Returns:
-        (B, N, K) cost; lower is a better match.
+        (B, N, M) cost; lower is a better match.
     """
     logits = pred.mask_logits.float().flatten(2)  # (B, N, P)
     tgt = targets.float().flatten(2)  # (B, K, P)
@@ -160,6 +167,8 @@ def matching_cost(
     # fp32 even under bf16 autocast: the einsums sum thousands of pixels and only rank queries.
     with torch.autocast(device_type=logits.device.type, enabled=False):
         prob_class = pred.class_logits.float().softmax(-1)[..., :-1]  # (B, N, K), no-object dropped
+        if labels is not None:  # each target's own class
+            prob_class = prob_class.gather(2, labels.to(prob_class.device)[:, None, :].expand(-1, logits.shape[1], -1))  # (B, N, M)
         # BCE(x, t) = softplus(x) - x t, so the pixel mean splits into a per-query and a cross term.
         bce = F.softplus(logits).mean(-1, keepdim=True) - torch.einsum("bnp,bkp->bnk", logits, tgt) / n_pix  # (B, N, K)
         prob = logits.sigmoid()  # (B, N, P)
@@ -177,25 +186,27 @@ def match_queries(
     cost_class: float = 2.0,
     cost_bce: float = 5.0,
     cost_dice: float = 5.0,
+    labels: Tensor | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
-    """Assign one query to each present class mask, per sample.
+    """Assign one query to each present target mask (a class, or one nodule), per sample.
 
     Args:
         pred: query prediction with ``class_logits`` (B, N, K+1), ``mask_logits`` (B, N, H, W).
-        targets: (B, K, H, W) binary class masks.
-        present: (B, K) bool, which class masks exist (non-empty and labeled).
+        targets: (B, M, H, W) binary target masks (per class, or per instance with ``labels``).
+        present: (B, M) bool, which target masks exist (non-empty and labeled).
         matching: "hungarian" (``scipy.optimize.linear_sum_assignment`` on :func:`matching_cost`)
-            or "fixed" (query k <-> class k, the ablation switch).
+            or "fixed" (query m <-> target m, the ablation switch).
         cost_class, cost_bce, cost_dice: cost weights (Mask2Former: 2, 5, 5).
+        labels: (B, M) class of each target; None = the channel index (one target per class).
 
     Returns:
-        Per sample ``(query_idx, class_idx)``, two int64 CPU tensors of equal length.
+        Per sample ``(query_idx, target_idx)``, two int64 CPU tensors of equal length.
     """
     n_queries = pred.class_logits.shape[1]
     present = present.cpu()
     most = int(present.sum(1).max()) if present.numel() else 0
     if most > n_queries:
-        raise ValueError(f"a sample has {most} class masks but the decoder has only {n_queries} queries")
+        raise ValueError(f"a sample has {most} target masks but the decoder has only {n_queries} queries")
     if matching == "fixed":
         out = []
         for row in present:
@@ -206,8 +217,8 @@ def match_queries(
         raise ValueError(f"matching={matching!r}; choose 'hungarian' or 'fixed'")
     # A NaN cost would make scipy raise; a huge cost lets the (then non-finite) loss reach the
     # trainer's non-finite check instead, which stops training with a clear message.
-    cost = matching_cost(pred, targets, cost_class, cost_bce, cost_dice)
-    cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8).cpu().numpy()  # (B, N, K)
+    cost = matching_cost(pred, targets, cost_class, cost_bce, cost_dice, labels)
+    cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8).cpu().numpy()  # (B, N, M)
     out = []
     for b, row in enumerate(present):
         cls = torch.nonzero(row).flatten()  # (M,) present classes
@@ -217,6 +228,50 @@ def match_queries(
         q, j = linear_sum_assignment(cost[b][:, cls.numpy()])  # rows = queries, cols = present classes
         out.append((torch.as_tensor(q, dtype=torch.long), cls[torch.as_tensor(j, dtype=torch.long)]))
     return out
+
+
+def instance_targets(targets: Tensor, max_instances: int) -> tuple[Tensor, Tensor]:
+    """One target per connected component of each class mask: each nodule gets its own query.
+
+    The paper represents "each nodule and gland" by a learnable query (Sec. 2.3), so an image with
+    three nodules has three targets, each matched to its own query by the Hungarian matching,
+    instead of one merged nodule mask. Components are 8-connected (``scipy.ndimage.label``),
+    ordered largest first. A sample with more components than ``max_instances`` (the number of
+    queries; noisy masks) has its smallest components merged into the smallest remaining one of
+    their class until it fits, so no labelled pixel is dropped.
+
+    Args:
+        targets: (B, K, H, W) binary class masks.
+        max_instances: the most targets one sample may have (the decoder's N queries).
+
+    Returns:
+        (B, M, H, W) float instance masks (M = the most components of a sample, at least 1;
+        unused channels empty) and (B, M) int64 class of each (0 where unused).
+    """
+    arr = (targets.detach() > 0.5).cpu().numpy()  # (B, K, H, W)
+    B, K = arr.shape[:2]
+    structure = np.ones((3, 3), dtype=bool)  # 8-connectivity
+    samples: list[list[tuple[int, np.ndarray]]] = []
+    for b in range(B):
+        comps: list[tuple[int, np.ndarray]] = []
+        for k in range(K):
+            lab, n = ndimage.label(arr[b, k], structure=structure)
+            comps += [(k, lab == i) for i in range(1, n + 1)]
+        comps.sort(key=lambda c: -int(c[1].sum()))
+        while len(comps) > max_instances:  # merge the smallest into the smallest other of its class
+            k, small = comps.pop()
+            same = [i for i, (kk, _) in enumerate(comps) if kk == k]
+            if not same:
+                raise ValueError(f"a sample has more classes than the decoder's {max_instances} queries")
+            comps[same[-1]] = (k, comps[same[-1]][1] | small)
+        samples.append(comps)
+    m = max(1, max(len(c) for c in samples))
+    masks = np.zeros((B, m, *arr.shape[2:]), dtype=np.float32)  # (B, M, H, W)
+    labels = np.zeros((B, m), dtype=np.int64)  # (B, M)
+    for b, comps in enumerate(samples):
+        for j, (k, mask) in enumerate(comps):
+            masks[b, j], labels[b, j] = mask, k
+    return torch.from_numpy(masks).to(targets.device), torch.from_numpy(labels).to(targets.device)
 
 
 def grid_stride(height: int, width: int, points: int | None) -> int:
@@ -231,7 +286,8 @@ def grid_stride(height: int, width: int, points: int | None) -> int:
     return stride
 
 
-def mask_classification_loss(pred: QueryPrediction, targets: Tensor, valid: Tensor, cfg: LossConfig) -> Tensor:
+def mask_classification_loss(pred: QueryPrediction, targets: Tensor, valid: Tensor, cfg: LossConfig,
+                             labels: Tensor | None = None) -> Tensor:
     """Mask2Former loss of one query prediction: ``cost_class*CE + cost_bce*BCE + cost_dice*Dice``.
 
     CE runs over K+1 classes for every query of every labeled sample; unmatched queries target
@@ -253,21 +309,25 @@ def mask_classification_loss(pred: QueryPrediction, targets: Tensor, valid: Tens
     B, N, C = class_logits.shape
     K = C - 1
     mask_logits = pred.mask_logits  # (B, N, H, W)
-    if targets.shape[1] != K or mask_logits.shape[0] != B or mask_logits.shape[-2:] != targets.shape[-2:]:
+    channels_ok = targets.shape[1] == K if labels is None else (
+        labels.shape == targets.shape[:2] and (labels.numel() == 0 or int(labels.max()) < K))
+    if not channels_ok or mask_logits.shape[0] != B or mask_logits.shape[-2:] != targets.shape[-2:]:
         raise ValueError(
             f"query prediction (class_logits {tuple(class_logits.shape)}, mask_logits {tuple(mask_logits.shape)}) "
-            f"does not fit targets {tuple(targets.shape)}: need K+1 classes for K target channels and equal H, W"
+            f"does not fit targets {tuple(targets.shape)}: need K+1 classes for K target channels (or labels "
+            f"< K per instance target) and equal H, W"
         )
     valid = valid.to(class_logits.device)
-    present = (targets.flatten(2).sum(-1) > 0) & valid[:, None]  # (B, K)
-    matches = match_queries(pred, targets, present, cfg.matching, cfg.cost_class, cfg.cost_bce, cfg.cost_dice)
+    present = (targets.flatten(2).sum(-1) > 0) & valid[:, None]  # (B, M)
+    matches = match_queries(pred, targets, present, cfg.matching, cfg.cost_class, cfg.cost_bce, cfg.cost_dice,
+                            labels)
     b_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)]).to(class_logits.device)  # (M,)
     q_idx = torch.cat([q for q, _ in matches]).to(class_logits.device)  # (M,)
     c_idx = torch.cat([c for _, c in matches]).to(class_logits.device)  # (M,)
 
     # Class term: every query of a labeled sample; unmatched -> no-object (index K).
     target_classes = torch.full((B, N), K, dtype=torch.long, device=class_logits.device)
-    target_classes[b_idx, q_idx] = c_idx
+    target_classes[b_idx, q_idx] = c_idx if labels is None else labels.to(c_idx.device)[b_idx, c_idx]
     class_weight = torch.ones(C, device=class_logits.device)
     class_weight[K] = cfg.no_object_weight
     ce = F.cross_entropy(class_logits.transpose(1, 2), target_classes, reduction="none")  # (B, N)
@@ -284,7 +344,7 @@ def mask_classification_loss(pred: QueryPrediction, targets: Tensor, valid: Tens
 
 
 def query_loss(preds: list[QueryPrediction], targets: Tensor, valid: Tensor, cfg: LossConfig,
-               offset: tuple[int, int] | None = None) -> Tensor:
+               offset: tuple[int, int] | None = None, labels: Tensor | None = None) -> Tensor:
     """Mask-classification loss with deep supervision (matching redone for every prediction).
 
     With ``cfg.deep_supervision`` the loss is the MEAN over all T+1 predictions (Mask2Former sums;
@@ -294,10 +354,11 @@ def query_loss(preds: list[QueryPrediction], targets: Tensor, valid: Tensor, cfg
 
     Args:
         preds: the T+1 predictions of one task's query decoder.
-        targets: (B, K, H, W) binary class masks.
+        targets: (B, K, H, W) binary class masks, or (B, M, H, W) instance masks with ``labels``.
         valid: (B,) bool, samples labeled for this task.
         cfg: loss configuration.
         offset: (oy, ox) of the pixel grid; None = drawn uniformly from torch's global RNG.
+        labels: (B, M) class of each instance target (:func:`instance_targets`); None = per class.
 
     Returns:
         Scalar loss.
@@ -313,7 +374,7 @@ def query_loss(preds: list[QueryPrediction], targets: Tensor, valid: Tensor, cfg
         offset = tuple(torch.randint(stride, (2,)).tolist()) if stride > 1 else (0, 0)
     on_grid = predictions_on_grid(used, stride, offset)
     targets = targets[..., offset[0]::stride, offset[1]::stride]  # (B, K, h', w')
-    return torch.stack([mask_classification_loss(p, targets, valid, cfg) for p in on_grid]).mean()
+    return torch.stack([mask_classification_loss(p, targets, valid, cfg, labels) for p in on_grid]).mean()
 
 
 # ----------------------------------------------------------------------------- eq. 12
@@ -376,7 +437,10 @@ def task_loss(out: ModelOutput, batch: dict, task: str, cfg: LossConfig) -> Tens
     terms, weights, supervised = [], [], None
     if queries and mode != "dice":
         query_scale = 1.0 if mode == "mask2former" else 1.0 / (cfg.cost_class + cfg.cost_bce + cfg.cost_dice)
-        terms.append(query_scale * query_loss(queries, target, valid, cfg))
+        q_target, labels = target, None
+        if cfg.targets == "instances":  # one target per nodule (connected component), one query each
+            q_target, labels = instance_targets(target, queries[0].class_logits.shape[1])
+        terms.append(query_scale * query_loss(queries, q_target, valid, cfg, labels=labels))
         weights.append(1.0)
     elif logits is not None:
         terms.append(dense_term(logits, f"{task}_logits"))

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ssmt_lib.attention import record_attention
 from ssmt_lib.config import TASKS, Config, ModelConfig, make_config
-from ssmt_lib.decoders import CNNDecoder, QueryDecoder, semantic_probabilities
+from ssmt_lib.decoders import CNNDecoder, QueryDecoder, argmax_probabilities, semantic_probabilities
 from ssmt_lib.embed import EncoderFeatures, HybridEncoder
 from ssmt_lib.heads import SizeHead
 from ssmt_lib.outputs import ModelOutput
@@ -82,7 +82,8 @@ class SSMTNet(nn.Module):
         if preds is None or mode == "cnn":
             logits = aux
         else:
-            p = semantic_probabilities(preds[-1])[:, :1].clamp(1e-4, 1 - 1e-4)  # (B, 1, H, W)
+            infer = semantic_probabilities if self.cfg.inference == "soft" else argmax_probabilities  # eq. 9
+            p = infer(preds[-1])[:, :1].clamp(1e-4, 1 - 1e-4)  # (B, 1, H, W)
             logits = torch.logit(p)
             if mode == "sum":
                 logits = logits + aux
