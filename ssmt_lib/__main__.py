@@ -1,9 +1,12 @@
-"""Command line: ``python -m ssmt_lib {train, evaluate, sweep, workbook} ...``.
+"""Command line: ``python -m ssmt_lib {train, evaluate, predict, sweep, workbook} ...``.
 
     python -m ssmt_lib train --preset tiny --data phantom --epochs-pretrain 2 --epochs 6 --out runs/tiny
     python -m ssmt_lib train --preset paper --data tn3k+tg3k --data-root data --out runs/paper   # GPU
     torchrun --nproc_per_node 4 -m ssmt_lib train --preset paper --data tn3k+tg3k --data-root data --out runs/ddp
     python -m ssmt_lib evaluate --checkpoint runs/tiny/best.pt --data phantom --split test
+    python -m ssmt_lib train --task classify --model resnet18 --data phantom --out runs/cls   # dual-stage paper
+    python -m ssmt_lib train --task classify --model vgg16 --data ddti_tirads --data-root data/ddti_tirads --out runs/vgg
+    python -m ssmt_lib predict --classifier runs/cls/best.pt --segmenter runs/tiny/best.pt --images DIR --out DIR
     python -m ssmt_lib sweep params/ablation.yaml [--keep-going]
     python -m ssmt_lib workbook            # every notebook through papermill into runs/<name>/
 
@@ -59,6 +62,10 @@ def _train(args: argparse.Namespace) -> int:
     baseline = args.model if args.model in (*BASELINE_NAMES, *ALIASES) else None
     cfg = make_config(args.preset, variant=args.variant, baseline=baseline,
                       **{k.replace(".", "__"): v for k, v in overrides.items()})
+    if args.task == "classify":
+        return _train_classifier(args, cfg)
+    if args.model_option:
+        raise SystemExit("--model-option applies to --task classify only")
     data_options = {}
     if args.phantom_n is not None:
         data_options["phantom_n"] = args.phantom_n
@@ -73,6 +80,61 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_classifier(args: argparse.Namespace, cfg: Any) -> int:
+    """``train --task classify``: a benign/malignant classifier (ssmt_lib.train_classify)."""
+    from ssmt_lib.train import fit, jsonable
+
+    if args.unlabeled_dir is not None or args.fold != 0 or args.epochs_pretrain is not None:
+        raise SystemExit("--unlabeled-dir, --fold and --epochs-pretrain apply to segmentation, not to --task classify")
+    options = {"phantom_n": args.phantom_n} if args.phantom_n is not None else {}
+    result = fit(cfg, task="classify", data=args.data, data_root=args.data_root, out_dir=args.out,
+                 model_name=args.model, model_options=_parse_sets(args.model_option), progress=not args.no_progress,
+                 **options)
+    keys = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "auc")
+    test = {k: result.test.get(k) for k in keys} if result.test else {}
+    if result.test:
+        test.update(majority={k: result.test["majority"][k] for k in keys}, beats_majority=result.test["beats_majority"])
+    print(json.dumps(jsonable({"out": str(args.out), "best": result.best, "stopped_early": result.stopped_early,
+                               "test": test}), indent=1, default=str))
+    return 0
+
+
+def _evaluate_classifier(args: argparse.Namespace, model: Any, cfg: Any, ckpt: dict, device: Any) -> int:
+    """``evaluate`` on a classifier checkpoint: the classification metrics JSON with the majority reference."""
+    from ssmt_lib.resume import data_settings, evaluation_data
+    from ssmt_lib.train import jsonable, make_loader
+    from ssmt_lib.train_classify import classification_data, evaluate_classifier
+
+    if args.fold is not None:
+        raise SystemExit("--fold applies to segmentation checkpoints, not to a classifier")
+    requested = {"data": args.data, "data_root": args.data_root, "phantom_n": args.phantom_n}
+    settings, notes = evaluation_data(ckpt.get("data"), requested, data_settings(classification_data, "phantom", None, {}))
+    for note in notes:
+        warnings.warn(f"evaluate {args.checkpoint}: {note}", stacklevel=1)
+    datasets = classification_data(**settings, image_size=cfg.model.image_size, seed=cfg.train.seed)
+    loader = make_loader(datasets[args.split], cfg.train.batch_size, False, 0, 0, device)
+    metrics = jsonable(evaluate_classifier(model, loader, device, train_labels=datasets["train"].labels))
+    metrics.update(checkpoint=str(args.checkpoint), task="classify", model=ckpt.get("model_name"), split=args.split,
+                   data_settings=jsonable(settings))
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{settings['data']}_{args.split}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """``predict``: the two-stage pipeline (classify, then segment) on an image folder."""
+    from ssmt_lib.pipeline import TwoStagePipeline
+    from ssmt_lib.train import default_device, jsonable
+
+    pipe = TwoStagePipeline.from_checkpoints(args.classifier, args.segmenter, device=default_device(),
+                                             threshold=args.threshold)
+    summary = pipe.predict_folder(args.images, args.out, skip_bad=args.skip_bad)
+    print(json.dumps(jsonable(summary), indent=1))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from ssmt_lib.resume import data_settings, evaluation_data
     from ssmt_lib.train import jsonable, build_data, default_device, evaluate, make_loader, model_from_checkpoint
@@ -81,6 +143,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     model, cfg, ckpt = model_from_checkpoint(args.checkpoint, device)
     if args.split not in ("val", "test"):
         raise SystemExit(f"--split must be val or test, got {args.split!r}")
+    if ckpt.get("task") == "classify":
+        return _evaluate_classifier(args, model, cfg, ckpt, device)
     # the data the model was trained on (stored in the checkpoint) unless an option says otherwise
     requested = {"data": args.data, "data_root": args.data_root, "fold": args.fold, "phantom_n": args.phantom_n}
     settings, notes = evaluation_data(ckpt.get("data"), requested, data_settings(build_data, "phantom", None, {}))
@@ -122,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t = sub.add_parser("train", help="two-phase training (resumes when --out holds last.pt)")
     t.add_argument("--preset", default="tiny", help="paper | tiny")
+    t.add_argument("--task", default="segment", choices=("segment", "classify"),
+                   help="classify: a benign/malignant classifier of the dual-stage paper (--model resnet18, vgg16, ...)")
+    t.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="classifier config field (--task classify), e.g. class_weight=none")
     t.add_argument("--variant", default=None, help="Table 2 variant, e.g. 1_baseline ... 5_all")
     t.add_argument("--model", default=None, help="train a baseline instead: unet, resnet50_unet, mtnet, trfe "
                    "(at the preset's width, with its paper's loss and, under --preset paper, its paper's settings)")
@@ -148,6 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--split", default="test")
     e.add_argument("--out", default=None, help="metrics JSON path (default: next to the checkpoint)")
     e.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="two-stage pipeline: P(malignant), nodule mask, area and box per image")
+    p.add_argument("--classifier", required=True, help="best.pt of train --task classify")
+    p.add_argument("--segmenter", required=True, help="best.pt of a segmentation run (SSMT-Net, baseline, segmenter)")
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--out", required=True, help="output folder: masks/*.png and predictions.csv")
+    p.add_argument("--threshold", type=float, default=0.5, help="mask threshold on the nodule probability (eq. 20)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable or non-image files, listed in the summary")
+    p.set_defaults(func=_predict)
 
     s = sub.add_parser("sweep", help="papermill parameter sweep from a YAML file")
     s.add_argument("file")

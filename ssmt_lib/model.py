@@ -129,8 +129,11 @@ def build_model(name: str | None = None, variant: str | None = None, config: Con
     """Build SSMT-Net from a preset (+ Table 2 variant + overrides), or a baseline by name.
 
     Args:
-        name: "paper" / "tiny" for SSMT-Net (default "tiny"), or a baseline name: "unet", "resnet50_unet", "mtnet", "trfe".
-        preset: the width preset, "tiny" or "paper": for a baseline its size
+        name: "paper" / "tiny" for SSMT-Net (default "tiny"), or a baseline name: "unet", "resnet50_unet", "mtnet", "trfe";
+            or a dual-stage paper model: a classifier (``classifiers.CLASSIFIER_NAMES``: "vgg16", "resnet18",
+            ...; returns logits) or a Table 2 segmenter (``segmenters.SEGMENTER_NAMES``: "vgg16_unet", ...);
+            their size is ``size="tiny"`` (default) or ``"paper"``.
+        preset: the width preset, "tiny" or "paper": for a baseline or a dual-stage model its size
             (``build_model("trfe", preset="paper")`` is TRFE-Net at its paper's width, the same as
             ``size="paper"``); for SSMT-Net the same as ``name`` (``build_model(preset="paper")``).
         variant: Table 2 variant (e.g. "1_baseline", "5_all"); SSMT-Net only.
@@ -138,19 +141,24 @@ def build_model(name: str | None = None, variant: str | None = None, config: Con
         **overrides: config fields, e.g. ``num_queries=10`` or ``model__depth=4``; validated.
 
     Returns:
-        an ``nn.Module`` whose ``forward(images)`` returns ``ModelOutput``.
+        an ``nn.Module`` whose ``forward(images)`` returns ``ModelOutput`` (classifiers: logits (B, 2)).
     """
-    from ssmt_lib import baselines
+    from ssmt_lib import baselines, classifiers, segmenters
     from ssmt_lib.config import PRESETS
 
     if name is None or name in PRESETS:  # SSMT-Net: name and preset name the same preset
         if name is not None and preset is not None and preset != name:
             raise ValueError(f"build_model: name={name!r} and preset={preset!r} name different SSMT-Net presets")
         name = name or preset or "tiny"
-    elif preset is not None:  # a baseline's width
+    elif preset is not None:  # a baseline's or dual-stage model's width
         if overrides.get("size", preset) != preset:
             raise ValueError(f"build_model: preset={preset!r} and size={overrides['size']!r} disagree")
         overrides["size"] = preset
+    if name in classifiers.CLASSIFIER_NAMES or name in segmenters.SEGMENTER_NAMES:  # dual-stage paper
+        if config is not None or variant is not None:
+            raise ValueError(f"config and variant apply to SSMT-Net presets, not to {name!r}")
+        build = classifiers.build_classifier if name in classifiers.CLASSIFIER_NAMES else segmenters.build_segmenter
+        return build(name, **overrides)
     if config is not None:
         if overrides or variant:
             raise ValueError("build_model: pass either config or preset/variant/overrides, not both")

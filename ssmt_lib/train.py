@@ -272,7 +272,12 @@ def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") 
     name = ckpt.get("model_name")
     # checkpoints from before model.baseline_size existed hold tiny-width baselines (fit built no other)
     size = cfg.model.baseline_size if "baseline_size" in ckpt["config"].get("model", {}) else "tiny"
-    model = build_model(name, preset=size, image_size=cfg.model.image_size) if name else build_model(config=cfg)
+    if ckpt.get("task") == "classify":  # ssmt_lib.train_classify: the classifier's own config; weights below
+        from ssmt_lib.classifiers import classifier_from_dict
+
+        model = classifier_from_dict({**ckpt["model_config"], "pretrained_file": None})
+    else:
+        model = build_model(name, preset=size, image_size=cfg.model.image_size) if name else build_model(config=cfg)
     load_weights(model, ckpt["model"], path)
     return model.to(device).eval(), cfg, ckpt
 
@@ -383,13 +388,14 @@ def phase_plan(cfg: Config, pool_sizes: dict[int, int], has_recon: bool, world_s
 
 
 def _check_model_name(model_name: str | None) -> None:
-    """A ``model_name`` must be a baseline (None trains SSMT-Net)."""
+    """A ``model_name`` must be a baseline or a Table 2 segmenter of the dual-stage paper (None trains SSMT-Net)."""
     from ssmt_lib.baselines import ALIASES, BASELINE_NAMES
+    from ssmt_lib.segmenters import SEGMENTER_NAMES
 
-    known = [*BASELINE_NAMES, *ALIASES]
+    known = [*BASELINE_NAMES, *ALIASES, *SEGMENTER_NAMES]
     if model_name is not None and model_name not in known:
-        raise ValueError(f"unknown model {model_name!r}: choose a baseline from {known}, "
-                         f"or give no model name (no --model) to train SSMT-Net")
+        raise ValueError(f"unknown model {model_name!r}: choose a baseline or segmenter from {known} (a classifier "
+                         f"needs task='classify' / --task classify), or give no model name (no --model) to train SSMT-Net")
 
 
 def epoch_images(dataset: Dataset, train_cfg: Any) -> int:
@@ -450,7 +456,7 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
         model_name: str | None = None, datasets: dict[str, Dataset] | None = None,
         callbacks: tuple[Callable[[dict[str, Any]], None], ...] = (), device: torch.device | None = None,
         progress: bool = True, evaluate_test: bool = True, init_checkpoint: str | Path | None = None,
-        **data_options: Any) -> TrainResult:
+        task: str = "segment", model_options: dict[str, Any] | None = None, **data_options: Any) -> TrainResult:
     """Train phase 1 then phase 2; resume from ``out_dir/last.pt`` when it exists.
 
     Args:
@@ -466,10 +472,26 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
         evaluate_test: evaluate ``best.pt`` on the test split at the end.
         init_checkpoint: start from these weights (e.g. a model trained on another dataset);
             with ``train.freeze_encoder`` only the decoders and heads are fine-tuned.
+        task: "segment" (the above), or "classify": a benign/malignant classifier of the dual-stage
+            paper (``model_name`` in ``classifiers.CLASSIFIER_NAMES``, data "phantom" or "ddti_tirads"),
+            trained by :func:`ssmt_lib.train_classify.fit_classifier` with the same run folder files.
+        model_options: classifier config fields (``task="classify"`` only), e.g. ``{"class_weight": "none"}``.
 
     Returns:
         :class:`TrainResult`.
     """
+    if task not in ("segment", "classify"):
+        raise ValueError(f"fit: task must be 'segment' or 'classify', got {task!r}")
+    if task == "classify":  # the dual-stage paper's first stage
+        if init_checkpoint is not None:
+            raise ValueError("fit(task='classify') takes pretrained weights from model.pretrained_file, not init_checkpoint")
+        from ssmt_lib.train_classify import fit_classifier
+
+        return fit_classifier(cfg, data=data, data_root=data_root, out_dir=out_dir, model_name=model_name,
+                              model_options=model_options, datasets=datasets, callbacks=callbacks, device=device,
+                              progress=progress, evaluate_test=evaluate_test, **data_options)
+    if model_options:
+        raise ValueError("fit: model_options apply to task='classify' only")
     t_cfg = cfg.train
     _check_model_name(model_name)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
