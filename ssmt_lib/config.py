@@ -30,6 +30,9 @@ class ModelConfig:
     resnet_layers: tuple[int, ...] = (3, 4, 9)  # bottleneck blocks per ResNet-50 stage used by R50-ViT
     resnet_channels: tuple[int, ...] = (256, 512, 1024)  # stage outputs at 1/4, 1/8, 1/16
     norm_groups: int = 32  # GroupNorm groups in the ResNet (timm R50 uses 32; must divide every width)
+    # "group": GroupNorm + weight-standardised convs, as timm's vit_base_r50_s16_224 (needed for its
+    # weights); "batch": BatchNorm + plain convs, which train faster from scratch on a CPU budget
+    resnet_norm: str = "group"
     embed_dim: int = 768  # ViT-Base token width
     depth: int = 12  # ViT-Base pre-norm Transformer layers
     num_heads: int = 12  # ViT-Base attention heads
@@ -131,6 +134,7 @@ class TrainConfig:
     # schedule ends at min_lr there (schedule.BudgetCosine). Phase 2 also gets whatever phase 1
     # left unused of its share.
     max_minutes: float | None = None  # wall-clock budget of the whole run; None = no time limit
+    val_every: int | None = None  # phase-2 steps between validations (at epoch ends); None = every epoch
     pretrain_share: float | None = None  # share of max_minutes for phase 1, in (0, 1); None = by planned steps
     steps: int | None = None  # phase-2 optimizer steps (overrides epochs); None = epochs x steps/epoch
     steps_pretrain: int | None = None  # phase-1 optimizer steps (overrides epochs_pretrain)
@@ -239,6 +243,7 @@ _CHOICES = {
     "loss.targets": ("instances", "semantic"),
     "loss.objective": ("eq12", "trfe", "bce_dice"),
     "loss.seg_loss": ("normalized", "dice", "mask2former"),
+    "model.resnet_norm": ("group", "batch"),
 }
 
 
@@ -294,6 +299,8 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"loss weights alpha+beta+gamma+eta must sum to 1 (eq. 12), got {sum(weights.values()):.6f} from {weights}")
     if not loss.alpha > loss.beta + loss.gamma + loss.eta:
         raise ValueError(f"eq. 12 needs alpha > beta + gamma + eta (the nodule task dominates), got {weights}")
+    if m.pretrained_file and m.resnet_norm != "group":
+        raise ValueError("model.pretrained_file holds timm's GroupNorm R50 weights: it needs model.resnet_norm='group'")
     if m.image_size % 16:
         raise ValueError(f"model.image_size must be a multiple of 16 (ResNet to 1/16), got {m.image_size}")
     if len(m.resnet_layers) != 3 or len(m.resnet_channels) != 3:
@@ -313,6 +320,8 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"loss.points must be >= 1 or None (every pixel), got {loss.points}")
     if loss.matching == "fixed" and m.num_queries < m.num_classes:
         raise ValueError("loss.matching='fixed' needs num_queries >= num_classes")
+    if t.val_every is not None and t.val_every < 1:
+        raise ValueError(f"train.val_every must be >= 1 or None, got {t.val_every}")
     for name in ("steps", "steps_pretrain"):
         if getattr(t, name) is not None and getattr(t, name) < 0:
             raise ValueError(f"train.{name} must be >= 0 or None, got {getattr(t, name)}")

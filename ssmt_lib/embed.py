@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from timm.layers import GroupNormAct, StdConv2dSame, resample_abs_pos_embed
+from timm.layers import BatchNormAct2d, GroupNormAct, StdConv2dSame, create_conv2d, resample_abs_pos_embed
 from timm.models.resnetv2 import ResNetV2
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_hybrid import HybridEmbed
@@ -56,8 +56,10 @@ def build_vit(cfg: ModelConfig) -> VisionTransformer:
         in_chans=cfg.in_chans,
         preact=False,
         stem_type="same",
-        conv_layer=partial(StdConv2dSame, eps=1e-8),
-        norm_layer=partial(GroupNormAct, num_groups=cfg.norm_groups),
+        conv_layer=partial(StdConv2dSame, eps=1e-8) if cfg.resnet_norm == "group" else
+        partial(create_conv2d, padding="same"),
+        norm_layer=partial(GroupNormAct, num_groups=cfg.norm_groups) if cfg.resnet_norm == "group" else
+        BatchNormAct2d,
     )
     vit = VisionTransformer(
         img_size=cfg.image_size,

@@ -576,7 +576,11 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
                                  task_pairs=phase == 2 and t_cfg.task_pairs)
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
+            steps_before = sched.steps
             record = _train_epoch(model, raw_model, loader, opt, sched, cfg, phase, epoch, device, progress, out)
+            every = t_cfg.val_every
+            validate = (every is None or sched.steps // every > steps_before // every or sched.done
+                        or epoch == epochs - 1)  # tiny labelled sets make epochs of 1-2 steps
             bad = non_finite_state(raw_model, opt)  # a blow-up in an epoch's last step leaves a finite loss
             if bad:
                 kept = out / CHECKPOINT if out is not None and (out / CHECKPOINT).is_file() else "none written yet"
@@ -584,7 +588,7 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
                     f"non-finite weights or optimizer state after phase {phase}, epoch {epoch + 1} ({len(bad)} "
                     f"tensors, e.g. {bad[:3]}); training stopped, no checkpoint written for this epoch. The last "
                     f"good checkpoint ({kept}) is kept; lower train.lr or check the data.")
-            if phase == 2 and is_main_process():
+            if phase == 2 and validate and is_main_process():
                 val = evaluate(raw_model, make_loader(datasets["val"], t_cfg.batch_size, False, 0, workers, device),
                                device, compute_hd95=False, references=False)
                 record["val_nodule_dice"] = val.get("nodule", {}).get("dice_mean", float("nan"))

@@ -107,3 +107,16 @@ def test_time_limited_run_still_reports_test_metrics(tmp_path):
     import json
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test"]["nodule"]["dice_mean"] is not None
+
+
+def test_val_every_validates_on_crossing_a_multiple_of_steps(tmp_path):
+    torch.set_num_threads(1)
+    # 16 images / batch 8 = 2 steps per epoch, 10 steps = 5 epochs; validate every 4 steps -> after
+    # epochs 2 (step 4), 4 (step 8) and the last one (step 10)
+    cfg = make_config("tiny", model__image_size=32, train__epochs_pretrain=0, train__steps=10,
+                      train__batch_size=8, train__val_every=4)
+    result = fit(cfg, progress=False, phantom_n=16)
+    validated = [r["step"] for r in result.history if "val_nodule_dice" in r]
+    assert validated == [4, 8, 10]
+    with pytest.raises(ValueError, match="val_every"):
+        make_config("tiny", val_every=0)
