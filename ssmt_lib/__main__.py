@@ -165,10 +165,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from ssmt_lib.experiments import run_sweep
+    import time
 
-    table = run_sweep(args.file, keep_going=args.keep_going)
+    from ssmt_lib.experiments import load_sweep, run_sweep, store_results
+
+    start = time.perf_counter()
+    sweep = load_sweep(args.file)
+    table = run_sweep(sweep, keep_going=args.keep_going, workers=args.workers)
     print(table.to_string() if table is not None and len(table) else "no finished points")
+    if args.store:
+        command = " ".join(["python -m ssmt_lib sweep", args.file, f"--workers {args.workers}", "--store"])
+        print("stored in", store_results(sweep, command, (time.perf_counter() - start) / 60))
     return 0
 
 
@@ -229,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("sweep", help="papermill parameter sweep from a YAML file")
     s.add_argument("file")
     s.add_argument("--keep-going", action="store_true", help="run every point, report failures at the end")
+    s.add_argument("--workers", type=int, default=1, help="points run at once, each in its own kernel")
+    s.add_argument("--store", action="store_true",
+                   help="copy the tables into results/<name>/ (runs.csv, summary, meta.json) for the notebooks")
     s.set_defaults(func=_sweep)
 
     w = sub.add_parser("workbook", help="execute every notebook into runs/<name>/ and refresh figures/")

@@ -512,3 +512,56 @@ def run_workbook(names: list[str] | None = None, runs: Path = RUNS, cell_timeout
                 print(f"{path.name}: {err}\n{path.name}: restarting the kernel and running it again")
         print(f"{path.name}: {time.perf_counter() - start:.0f} s -> {done[-1]}")
     return done
+
+
+# ----------------------------------------------------------------------------------------------
+# stored long runs
+
+RESULTS = ROOT / "results"  # committed tables and figures of the long CPU runs
+
+
+def store_results(sweep: Sweep, command: str, wall_minutes: float, dest: Path | None = None) -> Path:
+    """Copy a finished sweep's tables into ``results/<sweep name>/`` for the notebooks to show.
+
+    Writes ``runs.csv`` (one row per point: grid values and every scalar of its ``metrics.json``,
+    settings left out), ``summary.csv`` / ``summary.md`` (:func:`aggregate`) and ``meta.json``:
+    the command that made them, the date, the points, the wall-clock minutes of the sweep and the
+    CPU minutes its points report (``probes.cpu_minutes``). Nothing here is edited by hand: the
+    notebooks load these files and say where they came from.
+
+    Args:
+        sweep: a sweep whose points have finished.
+        command: the shell command that ran it (stored verbatim).
+        wall_minutes: wall-clock minutes the sweep took.
+        dest: parent folder (default ``results/``).
+    """
+    table = collect(sweep)
+    if table.empty:
+        raise ValueError(f"sweep {sweep.name} has no finished point in {sweep.out_dir}; nothing to store")
+    folder = (dest or RESULTS) / sweep.name
+    folder.mkdir(parents=True, exist_ok=True)
+    keep = [c for c in table.columns if not c.startswith(("config.", "history.", "best.history"))]
+    table[keep].to_csv(folder / "runs.csv", index=False)
+    summary = aggregate(sweep, write=False)
+    summary.to_csv(folder / "summary.csv")
+    (folder / "summary.md").write_text(summary.to_markdown(floatfmt=".4f"))
+    cpu = table["probes.cpu_minutes"].sum() if "probes.cpu_minutes" in table else None
+    meta = {"command": command, "date": time.strftime("%Y-%m-%d"), "points": len(table),
+            "planned_points": len(sweep.points()), "wall_minutes": round(wall_minutes, 1),
+            "cpu_minutes": None if cpu is None else round(float(cpu), 1), "notebook": sweep.notebook,
+            "parameters": sweep.parameters, "grid": sweep.grid}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    return folder
+
+
+def load_results(name: str, dest: Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The stored ``runs.csv`` and ``meta.json`` of a long run (see :func:`store_results`)."""
+    folder = (dest or RESULTS) / name
+    for file in ("runs.csv", "meta.json"):
+        if not (folder / file).is_file():
+            raise FileNotFoundError(f"{folder / file} does not exist: run `{_long_command(name)}` first")
+    return pd.read_csv(folder / "runs.csv"), json.loads((folder / "meta.json").read_text())
+
+
+def _long_command(name: str) -> str:
+    return f"python -m ssmt_lib sweep params/{name}.yaml --workers 2 --store"

@@ -266,3 +266,23 @@ def test_aggregate_counts_runs_that_do_not_clear_the_trivial_references(dummy, t
     assert summary.loc[1, "test.references.nodule.all_foreground.dice_mean mean"] == pytest.approx(0.20)
     row = collect(sweep).iloc[0]
     assert "all_foreground" in trivial_flag(row) and trivial_flag(collect(sweep).iloc[1]) == ""
+
+
+def test_store_results_writes_runs_summary_and_meta(dummy, tmp_path):
+    from ssmt_lib.experiments import load_results, store_results
+
+    sweep = load_sweep(spec(dummy, grid={"x": [1, 2], "seed": [0, 1]}), root=tmp_path / "runs")
+    with pytest.raises(ValueError, match="nothing to store"):
+        store_results(sweep, "cmd", 0.0, dest=tmp_path / "results")
+    for point in sweep.points():
+        folder = sweep.out_dir / sweep.point_name(point)
+        folder.mkdir(parents=True)
+        metrics = {"test": {"score": point["x"]}, "probes": {"cpu_minutes": 1.5}, "config": {"a": 1}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    folder = store_results(sweep, "python -m ssmt_lib sweep demo.yaml --store", 2.0, dest=tmp_path / "results")
+    runs, meta = load_results("demo", dest=tmp_path / "results")
+    assert len(runs) == 4 and "config.a" not in runs.columns and set(runs["x"]) == {1, 2}
+    assert meta["cpu_minutes"] == 6.0 and meta["points"] == 4 and meta["command"].endswith("--store")
+    assert (folder / "summary.md").is_file()
+    with pytest.raises(FileNotFoundError, match="sweep params/nope.yaml"):
+        load_results("nope", dest=tmp_path / "results")
