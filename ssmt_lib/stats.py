@@ -73,3 +73,47 @@ def verdict(row: pd.Series | dict[str, Any], name: str, baseline_name: str, digi
         better = "higher" if diff > 0 else "lower"
         return f"{name} - {baseline_name}: {interval}: the interval excludes 0, {name} scores {better}."
     return f"{name} - {baseline_name}: {interval}: the interval contains 0, these runs cannot separate them."
+
+
+SCORE = "test.nodule.dice_mean"  # per-image test Dice of a run's best.pt (a column of experiments.collect)
+FLOOR = "test.references.nodule"  # its trivial predictors' scores on the same images
+
+
+def score_table(runs: pd.DataFrame, group: str, order: list | None = None, score: str = SCORE,
+                floor: str = FLOOR, margin: float | None = None, digits: int = 3) -> pd.DataFrame:
+    """Mean +- std over seeds of a score per group, with the trivial references of the same images.
+
+    Args:
+        runs: one row per run (``experiments.collect`` or a stored ``runs.csv``).
+        group: the column that names the compared settings (e.g. ``"variant"``).
+        order: groups in display order (default: order of appearance).
+        score: the per-run score column (higher is better).
+        floor: the prefix of the reference columns (``<floor>.all_foreground.dice_mean`` ...).
+        margin: how far above the best reference a run must be (default ``metrics.REFERENCE_MARGIN``).
+        digits: decimals in the formatted cells.
+
+    Returns:
+        One row per group: ``seeds``, ``score`` ("mean +- std"), ``all-foreground``,
+        ``all-background`` (means over the same runs' test images) and ``runs near trivial``
+        ("k of n": runs whose score does not clear the best reference by ``margin``).
+    """
+    from ssmt_lib.metrics import REFERENCE_MARGIN
+
+    margin = REFERENCE_MARGIN if margin is None else margin
+    metric = score.rsplit(".", 1)[-1]
+    fg, bg = f"{floor}.all_foreground.{metric}", f"{floor}.all_background.{metric}"
+    for name in (group, score, fg, bg):
+        if name not in runs.columns:
+            raise KeyError(f"score_table: no column {name!r}")
+    order = order or list(dict.fromkeys(runs[group]))
+    fmt = f"{{:.{digits}f}}"
+    rows = []
+    for g in order:
+        sel = runs[runs[group] == g]
+        values = sel[score].astype(float)
+        near = int((values < sel[[fg, bg]].max(axis=1) + margin).sum())
+        rows.append({group: g, "seeds": len(sel),
+                     metric: f"{fmt.format(values.mean())} +- {fmt.format(values.std(ddof=1) if len(sel) > 1 else 0.0)}",
+                     "all-foreground": fmt.format(sel[fg].mean()), "all-background": fmt.format(sel[bg].mean()),
+                     "runs near trivial": f"{near} of {len(sel)}"})
+    return pd.DataFrame(rows).set_index(group)

@@ -42,3 +42,17 @@ def test_paired_differences_bad_input():
         paired_differences(runs, "iou", "variant", "a")
     with pytest.raises(ValueError, match="share one"):
         paired_differences(pd.concat([runs, runs]), "dice", "variant", "a")
+
+
+def test_score_table_shows_the_floor_and_counts_runs_near_it():
+    from ssmt_lib.stats import score_table
+
+    runs = pd.DataFrame({
+        "variant": ["a", "a", "b", "b"], "dice": [0.22, 0.60, 0.70, 0.80],
+        "ref.all_foreground.dice": [0.2] * 4, "ref.all_background.dice": [0.05] * 4})
+    table = score_table(runs, "variant", score="dice", floor="ref")
+    assert table.loc["a", "dice"] == f"{0.41:.3f} +- {pd.Series([0.22, 0.6]).std():.3f}"
+    assert table.loc["a", "runs near trivial"] == "1 of 2" and table.loc["b", "runs near trivial"] == "0 of 2"
+    assert table.loc["b", "all-foreground"] == "0.200"
+    with pytest.raises(KeyError, match="iou"):
+        score_table(runs, "variant", score="iou", floor="ref")
