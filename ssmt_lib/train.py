@@ -426,6 +426,34 @@ def _check_baseline_protocol(cfg: Config, model_name: str) -> None:
                       f"(CLI: --model {model_name})", stacklevel=3)
 
 
+class RankZeroClock:
+    """A clock every DDP rank reads alike: rank 0's ``time.monotonic()``, broadcast by :meth:`tick`.
+
+    ``tick`` is a collective that every rank calls at the same point of each training step;
+    reading the clock (``clock()``) is local and returns the last broadcast value. Under DDP with
+    a time budget the phase's :class:`~ssmt_lib.schedule.BudgetCosine` reads it, so every rank
+    sets the same rate and ends the phase at the same step (with each rank's own clock the rates
+    differ slightly, so the replicas drift apart, and a rank that stops one step early leaves the
+    others waiting in an all-reduce for ever).
+
+    Args:
+        device: where the broadcast tensor lives (the CUDA device under NCCL).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.now = device, 0.0
+        self.tick()
+
+    def tick(self) -> None:
+        """Broadcast rank 0's time (all ranks call this together)."""
+        t = torch.tensor([time.monotonic()], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        self.now = float(t.item())
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def _gather_rng_states() -> list[dict[str, Any]]:
     """Every rank's RNG state, in rank order (a collective call under DDP)."""
     states: list[Any] = [None] * dist.get_world_size()
@@ -566,6 +594,9 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
                 share = plan[phase]["steps"] / max(later, 1)
             phase_budget = max(budget - budget_used, 1e-3) * (share if phase == 1 else 1.0)
         opt, sched = _optimizer(raw_model, cfg, plan[phase]["steps"], device, phase_budget)
+        if distributed and phase_budget is not None:  # every rank reads rank 0's clock: same rate, same last step
+            sched.clock = RankZeroClock(device if dist.get_backend() == "nccl" else torch.device("cpu"))
+            sched.started = sched.clock()
         first = start_epoch if phase == start_phase else 0
         if resume is not None and phase == resume["phase"] and "optimizer" in resume and first > 0:
             opt.load_state_dict(resume["optimizer"])
@@ -678,6 +709,8 @@ def _train_epoch(model: nn.Module, raw_model: nn.Module, loader: DataLoader, opt
         if t_cfg.grad_clip:
             nn.utils.clip_grad_norm_(raw_model.parameters(), t_cfg.grad_clip)
         opt.step()
+        if isinstance(sched.clock, RankZeroClock):
+            sched.clock.tick()  # DDP with a time budget: one broadcast per step, on every rank
         sched.step()
         n_images += images.shape[0]
         for k, v in parts.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import zlib
 from pathlib import Path
 
@@ -93,6 +94,15 @@ def _worker(rank: int, root: str, port: int) -> None:
         fit(make_config("tiny", sync_batchnorm=True, **OVERRIDES), datasets=datasets("c"), progress=False)
     except ValueError as err:
         (root_path / f"syncbn_rank{rank}.txt").write_text(str(err))
+    # a time budget (3 s) that ends phase 2 long before its 200 epochs: every rank must stop at the
+    # same step with the same weights (the ranks read rank 0's clock)
+    timed = fit(make_config("tiny", **{**OVERRIDES, "epochs": 200, "max_minutes": 0.05}), datasets=datasets("d"),
+                progress=False, evaluate_test=False)
+    # parameters (batch-norm buffers are rank 0's only at each forward: DDP broadcasts them then)
+    weights = sum(float(v.double().sum()) for v in timed.model.parameters())
+    with open(root_path / f"timed_rank{rank}.json", "w") as f:
+        json.dump({"step": timed.history[-1]["step"], "epochs": len(timed.history), "weights": weights,
+                   "stopped_early": timed.stopped_early}, f)
 
 
 def _free_port() -> int:
@@ -104,7 +114,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(_worker, args=(str(root), _free_port()), nprocs=WORLD, join=True, start_method="spawn")
+    ctx = mp.start_processes(_worker, args=(str(root), _free_port()), nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + 300  # a desynchronised DDP run waits for ever: fail instead of hanging
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("the 2-process DDP runs did not finish within 300 s (ranks out of step?)")
     return root
 
 
@@ -150,3 +166,9 @@ def test_ddp_resume_ends_with_the_unbroken_run(ddp_runs):
 def test_ddp_sync_batchnorm_refuses_the_cpu(ddp_runs):
     for r in range(WORLD):
         assert "sync_batchnorm" in (ddp_runs / f"syncbn_rank{r}.txt").read_text()
+
+
+def test_ddp_time_budget_stops_every_rank_at_the_same_step(ddp_runs):
+    runs = [json.loads((ddp_runs / f"timed_rank{r}.json").read_text()) for r in range(WORLD)]
+    assert runs[0]["stopped_early"] and runs[0]["epochs"] < 200  # the budget, not the epochs, ended it
+    assert runs[0] == runs[1]  # same last step, same number of epochs, same weights on both ranks
