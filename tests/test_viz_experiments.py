@@ -32,3 +32,19 @@ def test_scores_with_references_draws_the_floor():
     fig = plot_scores_with_references(runs, "g", "s", "fg", "bg", title="t")
     lines = [l.get_ydata()[0] for l in fig.axes[0].get_lines()]
     assert pytest.approx(0.2) in lines and pytest.approx(0.1) in lines
+
+
+def test_metrics_table_with_references_adds_the_floor_rows():
+    from ssmt_lib.viz.training import metrics_table
+
+    nodule = {k: 0.5 for k in ("n", "dice_mean", "dice_std", "iou_mean", "iou_std", "hd95_mean", "hd95_count",
+                               "dice_pooled")}
+    nodule.update({f"{b}_{k}": 0.5 for b in ("empty", "small", "medium", "large") for k in ("n", "dice_mean")})
+    refs = {"all_foreground": {"dice_mean": 0.2, "iou_mean": 0.1, "dice_pooled": 0.2},
+            "all_background": {"dice_mean": 0.0, "iou_mean": 0.0, "dice_pooled": 0.0}, "mean_predictor_mae": 0.05}
+    table = metrics_table({"run": {"nodule": nodule, "size_mae": 0.03, "references": {"nodule": refs}}},
+                          with_references=True)
+    assert list(table.index) == ["run", "all-foreground", "all-background"]
+    assert table.loc["all-foreground", "dice_mean"] == 0.2 and table.loc["all-foreground", "size_mae"] == 0.05
+    with pytest.raises(KeyError, match="references"):
+        metrics_table({"run": {"nodule": nodule}}, with_references=True)

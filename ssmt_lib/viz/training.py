@@ -286,12 +286,16 @@ def compare_runs(histories: Mapping[str, History], metrics: Sequence[str] = ("va
     return fig
 
 
-def metrics_table(results: Mapping[str, Mapping[str, Any]], task: str = "nodule") -> pd.DataFrame:
+def metrics_table(results: Mapping[str, Mapping[str, Any]], task: str = "nodule",
+                  with_references: bool = False) -> pd.DataFrame:
     """One row per run from :func:`ssmt_lib.train.evaluate` results (``TrainResult.test``).
 
     Args:
         results: ``{run label: evaluate() dict}``.
         task: "nodule" or "gland".
+        with_references: also one row per trivial predictor of the first result's images
+            ("all-foreground", "all-background": Dice / IoU / pooled Dice; the size column holds the
+            mean predictor's MAE), so the table shows its own floor.
 
     Returns:
         Numeric DataFrame: ``n``, per-image Dice / IoU mean and std (the paper's numbers), HD95
@@ -310,4 +314,14 @@ def metrics_table(results: Mapping[str, Mapping[str, Any]], task: str = "nodule"
             row[f"{bucket}_dice"] = m[f"{bucket}_dice_mean"]
         row["size_mae"] = result.get("size_mae", float("nan"))
         rows[label] = row
+    if with_references:
+        first = next(iter(results.values()))
+        if task not in first.get("references", {}):
+            raise KeyError(f"with_references: the result has no references for {task!r} (evaluate(references=True))")
+        refs = first["references"][task]
+        for name in ("all_foreground", "all_background"):
+            row = {k: refs[name][k] for k in ("dice_mean", "iou_mean", "dice_pooled")}
+            # the size floor (always the mean area) sits in the first reference row
+            row["size_mae"] = refs["mean_predictor_mae"] if name == "all_foreground" else float("nan")
+            rows[name.replace("_", "-")] = row
     return pd.DataFrame.from_dict(rows, orient="index")
