@@ -175,9 +175,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.decoder_channels": (32, 16, 8, 8),
         # Judged by test Dice per CPU-minute (benchmarks/quality.py), not by images/s. In 3-minute
         # single-seed runs at 128 px, lr 2e-3, a BatchNorm encoder, decoders twice as wide, two convs
-        # per step and batch 16 at lr 3e-3 all landed within +-0.04 Dice of these values; what
-        # changed the figure was the schedule (train.max_minutes now ends the cosine inside the
-        # budget) and the loss scale. One conv per decoder step keeps a step ~1.7x a plain U-Net's.
+        # per step and batch 16 at lr 3e-3 all landed within +-0.04 Dice of these values (noise at
+        # one seed), so the widths stay. One conv per decoder step keeps a step ~1.7x a U-Net's.
         "model.decoder_convs": 1,
         "model.num_queries": 6,
         "model.query_dim": 16,
