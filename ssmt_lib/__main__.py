@@ -74,7 +74,8 @@ def _train(args: argparse.Namespace) -> int:
     result = fit(cfg, data=args.data, data_root=args.data_root, out_dir=args.out, model_name=args.model,
                  progress=not args.no_progress, fold=args.fold, **data_options)
     summary = {"out": str(args.out), "best": result.best, "stopped_early": result.stopped_early,
-               "test_nodule": {k: v for k, v in result.test.get("nodule", {}).items() if k.endswith(("mean", "std"))}}
+               "test_nodule": {k: v for k, v in result.test.get("nodule", {}).items() if k.endswith(("mean", "std"))},
+               "test_references": result.test.get("references", {}).get("nodule", {})}  # the floor of those numbers
     if is_main_process():
         print(json.dumps(jsonable(summary), indent=1, default=str))
     return 0
