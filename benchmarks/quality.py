@@ -60,6 +60,23 @@ def train_one(label: str, args: argparse.Namespace, out_dir: Path) -> dict:
     }
 
 
+def _train_in_parallel(labels: list[str], argv: list[str], tmp: Path) -> dict:
+    """Run this script once per model at the same time (each prints its JSON line) and collect them."""
+    import subprocess
+
+    rest = [a for a in argv if a != "--parallel"]
+    procs = {label: subprocess.Popen([sys.executable, __file__, *rest, "--models", label],
+                                     stdout=subprocess.PIPE, text=True) for label in labels}
+    out = {}
+    for label, proc in procs.items():
+        stdout, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"quality run of {label} failed with exit code {proc.returncode}")
+        line = json.loads(stdout.strip().splitlines()[-1])
+        out[label] = {**line[label], "references": line["references"]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=3.0, help="wall-clock budget per model")
@@ -74,6 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", default="ssmt,unet", help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for both models, e.g. train.lr=0.002")
+    parser.add_argument("--parallel", action="store_true",
+                        help="train the models at the same time, one process and --threads each, so a busy "
+                             "machine slows both alike (default: one after the other)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     labels = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -84,8 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
                     "minutes_each": args.minutes, "threads": args.threads, "seed": args.seed,
                     "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory() as tmp:
-        for label in labels:
-            report[label] = train_one(label, args, Path(tmp) / label)
+        if args.parallel and len(labels) > 1:
+            report.update(_train_in_parallel(labels, argv if argv is not None else sys.argv[1:], Path(tmp)))
+        else:
+            for label in labels:
+                report[label] = train_one(label, args, Path(tmp) / label)
+    report["parallel"] = bool(args.parallel and len(labels) > 1)
     first = report[labels[0]]
     report["references"] = first.pop("references")
     for label in labels[1:]:
