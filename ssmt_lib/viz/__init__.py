@@ -23,6 +23,7 @@ from ssmt_lib.viz.attention import (
     show_token_grid,
     vit_attention,
 )
+from ssmt_lib.viz.cam import grad_cam, occlusion_map, show_cam
 from ssmt_lib.viz.data import (
     phantom_frame,
     plot_dataset_stats,
@@ -60,7 +61,7 @@ __all__ = [
     "show_feature_maps", "show_overlays", "show_patch_grid", "show_pos_embed_similarity", "show_query_masks",
     "show_token_grid", "vit_attention",
     "phantom_frame", "plot_dataset_stats", "show_anatomy", "show_augmentations", "show_gallery", "show_samples",
-    "speckle_view",
+    "speckle_view", "grad_cam", "occlusion_map", "show_cam",
     "LOSS_TERMS", "compare_runs", "history_frame", "metrics_table", "plot_history", "show_predictions",
     "show_reconstructions",
     "AttentionRecording", "attention_mass", "collect_attention", "eq6_region", "find_failure_cases",
