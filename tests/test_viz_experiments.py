@@ -1,4 +1,6 @@
 """The experiment views build figures from their tables and refuse empty input."""
+import io
+
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
@@ -9,6 +11,7 @@ from ssmt_lib.viz.experiments import plot_gradient_norms, plot_paired_difference
 
 def test_gradient_norm_bars_one_per_stage_and_term():
     fig = plot_gradient_norms({"init": {"nodule": 1.0, "size": 1e-4}, "trained": {"nodule": 0.1, "size": 1e-3}})
+    fig.savefig(io.BytesIO(), format="png")
     ax = fig.axes[0]
     assert isinstance(fig, Figure) and ax.get_yscale() == "log" and len(ax.patches) == 4
     with pytest.raises(ValueError):
@@ -21,6 +24,7 @@ def test_forest_plot_marks_separating_intervals():
                          for s, x in enumerate(xs)])
     table = paired_differences(runs, "d", "v", "a")
     fig = plot_paired_differences(table)
+    fig.savefig(io.BytesIO(), format="png")  # drawing is where bad colours or shapes fail
     ticks = {t.get_text(): t.get_position()[1] for t in fig.axes[0].get_yticklabels()}
     assert ticks["b (n=3)"] > ticks["c (n=3)"]  # the table's first row on top
     with pytest.raises(ValueError):
@@ -30,6 +34,7 @@ def test_forest_plot_marks_separating_intervals():
 def test_scores_with_references_draws_the_floor():
     runs = pd.DataFrame({"g": ["x", "x", "y"], "s": [0.5, 0.6, 0.7], "fg": [0.2, 0.2, 0.2], "bg": [0.1] * 3})
     fig = plot_scores_with_references(runs, "g", "s", "fg", "bg", title="t")
+    fig.savefig(io.BytesIO(), format="png")
     lines = [l.get_ydata()[0] for l in fig.axes[0].get_lines()]
     assert pytest.approx(0.2) in lines and pytest.approx(0.1) in lines
 

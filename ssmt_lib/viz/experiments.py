@@ -67,9 +67,9 @@ def plot_paired_differences(table: pd.DataFrame, title: str = "", xlabel: str = 
     ax = fig.add_subplot()
     y = np.arange(len(table))[::-1]
     colors = ["tab:blue" if s else "tab:gray" for s in table["separates"]]
-    err = np.vstack([table["diff"] - table["low"], table["high"] - table["diff"]]).astype(float)
-    ax.errorbar(table["diff"], y, xerr=np.nan_to_num(err), fmt="none", ecolor=colors, capsize=3)
-    ax.scatter(table["diff"], y, c=colors, zorder=3)
+    for yi, color, (_, row) in zip(y, colors, table.iterrows()):
+        err = np.nan_to_num([[row["diff"] - row["low"]], [row["high"] - row["diff"]]])  # (2, 1): no interval = 0
+        ax.errorbar(row["diff"], yi, xerr=err, fmt="o", color=color, capsize=3)
     ax.axvline(0.0, color="k", lw=0.8)
     labels = [f"{name} (n={int(n)})" for name, n in zip(table.index.astype(str), table["n"])]
     ax.set_yticks(y, labels, fontsize=8)
