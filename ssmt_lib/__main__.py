@@ -6,6 +6,7 @@
     python -m ssmt_lib evaluate --checkpoint runs/tiny/best.pt --data phantom --split test
     python -m ssmt_lib train --task classify --model resnet18 --data phantom --out runs/cls   # dual-stage paper
     python -m ssmt_lib train --task classify --model vgg16 --data ddti_tirads --data-root data/ddti_tirads --out runs/vgg
+    python -m ssmt_lib train --task tirads --data phantom --model-option method=rlar --out runs/tirads  # RLAR paper
     python -m ssmt_lib predict --classifier runs/cls/best.pt --segmenter runs/tiny/best.pt --images DIR --out DIR
     python -m ssmt_lib sweep params/ablation.yaml [--keep-going]
     python -m ssmt_lib workbook            # every notebook through papermill into runs/<name>/
@@ -64,6 +65,10 @@ def _train(args: argparse.Namespace) -> int:
                       **{k.replace(".", "__"): v for k, v in overrides.items()})
     if args.task == "classify":
         return _train_classifier(args, cfg)
+    if args.task == "tirads":  # joint nodule mask + TI-RADS (RLAR paper), ssmt_lib.train_tirads
+        from ssmt_lib.train_tirads import cli_train
+
+        return cli_train(args, cfg, _parse_sets(args.model_option))
     if args.model_option:
         raise SystemExit("--model-option applies to --task classify only")
     data_options = {}
@@ -146,6 +151,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SystemExit(f"--split must be val or test, got {args.split!r}")
     if ckpt.get("task") == "classify":
         return _evaluate_classifier(args, model, cfg, ckpt, device)
+    if ckpt.get("task") == "tirads":
+        from ssmt_lib.train_tirads import cli_evaluate
+
+        return cli_evaluate(args, model, cfg, ckpt, device)
     # the data the model was trained on (stored in the checkpoint) unless an option says otherwise
     requested = {"data": args.data, "data_root": args.data_root, "fold": args.fold, "phantom_n": args.phantom_n}
     settings, notes = evaluation_data(ckpt.get("data"), requested, data_settings(build_data, "phantom", None, {}))
@@ -194,10 +203,12 @@ def main(argv: list[str] | None = None) -> int:
 
     t = sub.add_parser("train", help="two-phase training (resumes when --out holds last.pt)")
     t.add_argument("--preset", default="tiny", help="paper | tiny")
-    t.add_argument("--task", default="segment", choices=("segment", "classify"),
-                   help="classify: a benign/malignant classifier of the dual-stage paper (--model resnet18, vgg16, ...)")
+    t.add_argument("--task", default="segment", choices=("segment", "classify", "tirads"),
+                   help="classify: a benign/malignant classifier of the dual-stage paper (--model resnet18, vgg16, ...); "
+                   "tirads: joint nodule mask + TI-RADS category (RLAR paper; --model-option method=rlar ...)")
     t.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="classifier config field (--task classify), e.g. class_weight=none")
+                   help="classifier config field (--task classify), e.g. class_weight=none; TiradsConfig field "
+                   "(--task tirads), e.g. method=pcgrad")
     t.add_argument("--variant", default=None, help="Table 2 variant, e.g. 1_baseline ... 5_all")
     t.add_argument("--model", default=None, help="train a baseline instead: unet, resnet50_unet, mtnet, trfe "
                    "(at the preset's width, with its paper's loss and, under --preset paper, its paper's settings)")

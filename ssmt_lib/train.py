@@ -276,6 +276,10 @@ def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") 
         from ssmt_lib.classifiers import classifier_from_dict
 
         model = classifier_from_dict({**ckpt["model_config"], "pretrained_file": None})
+    elif ckpt.get("task") == "tirads":  # ssmt_lib.train_tirads: the joint mask + TI-RADS model
+        from ssmt_lib.train_tirads import model_from_tirads_checkpoint
+
+        model = model_from_tirads_checkpoint(ckpt, cfg.model.image_size, cfg.model.in_chans)
     else:
         model = build_model(name, preset=size, image_size=cfg.model.image_size) if name else build_model(config=cfg)
     load_weights(model, ckpt["model"], path)
@@ -503,13 +507,24 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
         task: "segment" (the above), or "classify": a benign/malignant classifier of the dual-stage
             paper (``model_name`` in ``classifiers.CLASSIFIER_NAMES``, data "phantom" or "ddti_tirads"),
             trained by :func:`ssmt_lib.train_classify.fit_classifier` with the same run folder files.
-        model_options: classifier config fields (``task="classify"`` only), e.g. ``{"class_weight": "none"}``.
+        model_options: classifier config fields (``task="classify"``), e.g. ``{"class_weight": "none"}``;
+            with ``task="tirads"`` (joint nodule mask + TI-RADS, :func:`ssmt_lib.train_tirads.fit_tirads`)
+            the :class:`~ssmt_lib.tirads_model.TiradsConfig` fields, e.g. ``{"method": "rlar"}``.
 
     Returns:
         :class:`TrainResult`.
     """
-    if task not in ("segment", "classify"):
-        raise ValueError(f"fit: task must be 'segment' or 'classify', got {task!r}")
+    if task not in ("segment", "classify", "tirads"):
+        raise ValueError(f"fit: task must be 'segment' or 'classify' (or 'tirads'), got {task!r}")
+    if task == "tirads":  # the RLAR paper's joint nodule mask + TI-RADS category (ssmt_lib.train_tirads)
+        if init_checkpoint is not None or model_name is not None:
+            raise ValueError("fit(task='tirads') takes its model from model_options (TiradsConfig), not "
+                             "model_name or init_checkpoint")
+        from ssmt_lib.train_tirads import fit_tirads
+
+        return fit_tirads(cfg, data=data, data_root=data_root, out_dir=out_dir, model_options=model_options,
+                          datasets=datasets, callbacks=callbacks, device=device, progress=progress,
+                          evaluate_test=evaluate_test, **data_options)
     if task == "classify":  # the dual-stage paper's first stage
         if init_checkpoint is not None:
             raise ValueError("fit(task='classify') takes pretrained weights from model.pretrained_file, not init_checkpoint")
