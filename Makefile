@@ -26,7 +26,7 @@ workbook: install
 # One BLAS thread per worker: two workers with two threads each on two cores thrash.
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile tests
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval-lax --nbval-current-env --nbval-cell-timeout=300 \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
 		notebooks/[0-9][0-9]_*.ipynb
 
 # The stored long CPU runs that notebooks 03, 04 and 06 show beside their live runs (about an hour
