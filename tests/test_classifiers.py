@@ -244,3 +244,11 @@ def test_fit_classify_rejects_wrong_models_and_folders(tmp_path):
         fit(_cfg(), model_name="resnet18", progress=False, phantom_n=16)
     with pytest.raises(ValueError, match="task must be 'segment' or 'classify'"):
         fit(_cfg(), task="detect", progress=False)
+
+
+def test_fit_trains_a_table2_segmenter_with_the_dice_switch(tmp_path):
+    cfg = make_config("tiny", model__image_size=S, train__epochs=1, train__batch_size=4, loss__seg_loss="dice")
+    run = fit(cfg, model_name="deeplabv3plus", out_dir=tmp_path / "seg", progress=False, phantom_n=8)
+    assert {"dice_mean", "iou_mean"} <= set(run.test["nodule"]) and run.history[-1]["loss"] > 0
+    model, _, _ = model_from_checkpoint(tmp_path / "seg" / "best.pt")
+    assert isinstance(model, Segmenter) and model.config.name == "deeplabv3plus"
