@@ -126,7 +126,8 @@ def tirads_radiomics(image: np.ndarray, mask: np.ndarray, sigma: float | None = 
     img = np.asarray(image)
     msk = np.asarray(mask)
     if img.ndim != 2 or msk.shape != img.shape:
-        raise ValueError(f"tirads_radiomics: image and mask must be (H, W) of one size, got {img.shape} and {msk.shape}")
+        raise ValueError(f"tirads_radiomics: image and mask must be (H, W) of one size, got {img.shape} and "
+                         f"{msk.shape}")
     img = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
     if not np.isfinite(img).all():
         raise ValueError("tirads_radiomics: image has non-finite values")

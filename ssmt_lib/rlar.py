@@ -16,8 +16,10 @@ added to the loss; the gradients are built with ``create_graph=True`` so the opt
 or ``lambda = 0`` switch RLAR off); only samples labelled for both tasks count. "Adversarial
 direction" is read as the L2-normalised loss gradient (FGM, Miyato et al. 2017), not its sign.
 Per-sample gradients come from one ``autograd.grad`` of the summed loss, exact when samples do
-not interact after ``z`` (true in :class:`ssmt_lib.tirads_model.TiradsNet`: no batch norm after
-the latent).
+not interact after ``z``. In :class:`ssmt_lib.tirads_model.TiradsNet` the TI-RADS head has no batch
+norm, but SSMT-Net's CNN decoder does: in training mode its batch statistics couple the samples, so
+the segmentation direction carries small cross-sample terms (accepted here, ours; exact per-sample
+gradients would need ``torch.func.vmap`` with the decoder's batch norm frozen).
 
 **PCGrad** (Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020, Alg. 1): each
 task's gradient on the shared parameters loses its component along any other task's gradient it

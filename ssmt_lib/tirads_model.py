@@ -58,6 +58,9 @@ class TiradsConfig:
     cls_weight: float = 1.0  # weight of the TI-RADS cross-entropy
     radiomics_weight: float = 0.5  # weight of the radiomics MSE, part of the TI-RADS task's loss (ours)
     class_weight: str = "balanced"  # "balanced" (inverse training frequency) or "none" for the cross-entropy
+    # ordinal term: squared earth mover's distance between predicted and true cumulative distributions
+    # over the ordered categories (Hou, Yu, Samaras, "Squared Earth Mover's Distance-based Loss", 2016)
+    ordinal_weight: float = 0.0  # 0 = off (plain cross-entropy)
     rlar_lambda: float = 1.0  # RLAR lambda (0 = off); only used by method "rlar"
     rlar_tau: float = 0.0  # RLAR tau: alignment above this cosine is penalised, in [-1, 1]
     pcgrad_seed: int = 0  # task order of PCGrad's projections
@@ -83,8 +86,9 @@ def check_config(cfg: TiradsConfig) -> TiradsConfig:
         raise ValueError(f"TiradsConfig.class_weight must be 'balanced' or 'none', got {cfg.class_weight!r}")
     unknown = [n for n in cfg.radiomics_features if n not in FEATURE_NAMES]
     if unknown or not cfg.radiomics_features:
-        raise ValueError(f"TiradsConfig.radiomics_features: unknown or empty {unknown}; choose from {list(FEATURE_NAMES)}")
-    for name in ("seg_weight", "cls_weight", "radiomics_weight"):
+        raise ValueError(f"TiradsConfig.radiomics_features: unknown or empty {unknown}; choose from "
+                         f"{list(FEATURE_NAMES)}")
+    for name in ("seg_weight", "cls_weight", "radiomics_weight", "ordinal_weight"):
         if not getattr(cfg, name) >= 0:
             raise ValueError(f"TiradsConfig.{name} must be >= 0, got {getattr(cfg, name)!r}")
     if not (isinstance(cfg.deep_dim, int) and cfg.deep_dim >= 1):
@@ -136,7 +140,8 @@ class _HybridEncoder(nn.Module):
         net = SSMTNet(mcfg)
         self.encoder, self.proj_c, self.proj_t = net.encoder, net.proj_c, net.proj_t
         self.skip_channels = tuple(net.encoder.skip_channels)  # 1/2, 1/4, 1/8
-        self.width, self.decoder_channels, self.decoder_convs = mcfg.fusion_channels, mcfg.decoder_channels, mcfg.decoder_convs
+        self.width = mcfg.fusion_channels  # width of z
+        self.decoder_channels, self.decoder_convs = mcfg.decoder_channels, mcfg.decoder_convs
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         feats = self.encoder(x)
@@ -165,7 +170,8 @@ class TiradsNet(nn.Module):
             self.encoder = _CNNEncoder(in_chans, width)
         self.decoder = CNNDecoder(width, self.encoder.skip_channels[::-1], dc, 1, convs)
         r = len(cfg.radiomics_features)
-        self.deep = nn.Sequential(nn.Linear(width, cfg.deep_dim), nn.GELU())  # no batch norm after z (RLAR)
+        # no batch norm in the head: the samples' RLAR directions stay separate
+        self.deep = nn.Sequential(nn.Linear(width, cfg.deep_dim), nn.GELU())
         self.radiomics = nn.Linear(width, r)  # regresses the standardised radiomics target
         self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.deep_dim + r, cfg.num_classes))
 

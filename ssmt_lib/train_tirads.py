@@ -10,7 +10,8 @@ per epoch with optimizer, schedule and RNG state, so a killed run resumes; ``bes
 Losses per batch (weights in the config; **our choices**, the paper's abstract gives none):
 
     L_seg = seg_weight * (BCE + Dice)                 over images with a nodule mask
-    L_cls = cls_weight * CE(class-weighted) + radiomics_weight * MSE(e_rad, standardised target)
+    L_cls = cls_weight * (CE + ordinal_weight * squared EMD)(class-weighted)
+            + radiomics_weight * MSE(e_rad, standardised target)
                                                       over images with a TI-RADS label / a target
     single_seg: L_seg     single_cls: L_cls     equal: L_seg + L_cls
     uncertainty: exp(-s_1) L_seg + s_1 + exp(-s_2) L_cls + s_2  (Kendall et al.)
@@ -119,7 +120,8 @@ class TiradsSet(Dataset):
 
 
 def tirads_data(data: str = "phantom", data_root: str | Path | None = None, image_size: int = 128, seed: int = 0,
-                phantom_n: int = 256, phantom_profile: str = "default", labels: str = "acr",
+                phantom_n: int = 256, phantom_profile: Any = "default", phantom_eval_n: int | None = None,
+                labels: str = "acr",
                 radiomics_features: tuple[str, ...] | None = None, **options: Any) -> dict[str, TiradsSet]:
     """``train`` (augmented, with the standardised radiomics target), ``val`` and ``test`` :class:`TiradsSet`.
 
@@ -128,8 +130,9 @@ def tirads_data(data: str = "phantom", data_root: str | Path | None = None, imag
         data_root: the DDTI-TI-RADS folder (None for the phantom).
         image_size: side in pixels.
         seed: phantom seed.
-        phantom_n: phantom training images (val and test a quarter each, at least 8).
-        phantom_profile: phantom scanner profile.
+        phantom_n: phantom training images.
+        phantom_profile: phantom scanner profile (a name in ``phantom.PROFILES`` or a ``PhantomConfig``).
+        phantom_eval_n: phantom val and test images each (default a quarter of ``phantom_n``, at least 8).
         labels: label set (must fit ``data``).
         radiomics_features: the target's features (default all of ``radiomics.FEATURE_NAMES``).
         **options: more ``build_dataset`` options for ddti_tirads.
@@ -143,7 +146,8 @@ def tirads_data(data: str = "phantom", data_root: str | Path | None = None, imag
         if data_root is not None or options:
             raise ValueError(f"the phantom takes no data_root or options here, got {data_root!r}, {sorted(options)}")
         kw = dict(image_size=image_size, seed=seed, profile=phantom_profile, stitch_prob=0.0)
-        srcs = {s: build_dataset("phantom", split=s, n=phantom_n if s == "train" else max(phantom_n // 4, 8),
+        n_eval = max(phantom_n // 4, 8) if phantom_eval_n is None else phantom_eval_n
+        srcs = {s: build_dataset("phantom", split=s, n=phantom_n if s == "train" else n_eval,
                                  augment=s == "train", **kw) for s in ("train", "val", "test")}
     else:
         if data_root is None:
@@ -247,6 +251,10 @@ def _losses(out: dict[str, Tensor], batch: dict[str, Any], cfg: TiradsConfig,
     w = weight[label.clamp_min(0)] if weight is not None else torch.ones_like(label, dtype=torch.float32)  # (B,)
     ce = F.cross_entropy(out["tirads_logits"].float(), label.clamp_min(0), reduction="none") * w * has_cls  # (B,)
     rad = (out["radiomics"] - batch["radiomics"].to(dev)).pow(2).mean(1) * has_rad  # (B,)
+    if cfg.ordinal_weight > 0:  # squared EMD of the cumulative distributions (ordered categories)
+        cdf = out["tirads_logits"].float().softmax(-1).cumsum(-1)  # (B, K)
+        true = F.one_hot(label.clamp_min(0), cfg.num_classes).float().cumsum(-1)  # (B, K)
+        ce = ce + cfg.ordinal_weight * (cdf - true).pow(2).sum(-1) * w * has_cls  # (B,)
     seg_ps = cfg.seg_weight * seg
     cls_ps = cfg.cls_weight * ce + cfg.radiomics_weight * rad
     seg_l = seg_ps.sum() / has_seg.sum().clamp_min(1)
@@ -292,6 +300,12 @@ def train_step(model: TiradsNet, batch: dict[str, Any], opt: torch.optim.Optimiz
     opt.step()
     return {"loss_seg": L["seg"].item(), "loss_ce": L["ce"].item(), "loss_radiomics": L["rad"].item(),
             "rlar_penalty": penalty.item(), "cos": cos, "cos_params": cos_params}
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean of the finite values; NaN when there is none (e.g. ``cos`` of a single-task run)."""
+    v = np.asarray(values, float)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
 
 
 def _score(val: dict[str, Any], method: str) -> float:
@@ -389,8 +403,8 @@ def fit_tirads(cfg: Config, data: str = "phantom", data_root: str | Path | None 
         steps.extend(recs)
         record = {"phase": 2, "epoch": epoch + 1, "step": sched.steps, "lr": opt.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - t0, 3),
-                  **{k: float(np.nanmean([r[k] for r in recs])) if any(np.isfinite(r[k]) for r in recs) else float("nan")
-                     for k in ("loss_seg", "loss_ce", "loss_radiomics", "rlar_penalty", "cos")}}
+                  **{k: _nanmean([r[k] for r in recs]) for k in ("loss_seg", "loss_ce", "loss_radiomics",
+                                                                 "rlar_penalty", "cos")}}
         val = evaluate_tirads(model, T.make_loader(datasets["val"], t_cfg.batch_size, False, 0, t_cfg.num_workers,
                                                    device), device, train_labels)
         record.update(val_tirads_macro_f1=val["tirads_macro_f1"], val_nodule_dice=val["nodule"]["dice_mean"],
@@ -481,7 +495,8 @@ def summary(test: dict[str, Any]) -> dict[str, Any]:
     keep = ("dice_mean", "iou_mean")
     return {**{k: test[k] for k in TIRADS_KEYS}, "majority": {k: ref["majority"][k] for k in TIRADS_KEYS},
             "beats_majority": test["beats_majority"], "nodule": {k: test["nodule"][k] for k in keep},
-            "nodule_references": {n: {k: ref["nodule"][n][k] for k in keep} for n in ("all_foreground", "all_background")}}
+            "nodule_references": {n: {k: ref["nodule"][n][k] for k in keep}
+                                  for n in ("all_foreground", "all_background")}}
 
 
 def cli_evaluate(args: Any, model: nn.Module, cfg: Config, ckpt: dict[str, Any], device: torch.device) -> int:

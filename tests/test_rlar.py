@@ -115,6 +115,6 @@ def test_uncertainty_weighting():
     with torch.no_grad():
         uw.log_vars.copy_(torch.tensor([0.5, -1.0]))
     out = uw([torch.tensor(2.0), torch.tensor(3.0)])
-    assert math.isclose(float(out), math.exp(-0.5) * 2 + 0.5 + math.exp(1.0) * 3 - 1.0, rel_tol=1e-6)
+    assert math.isclose(out.item(), math.exp(-0.5) * 2 + 0.5 + math.exp(1.0) * 3 - 1.0, rel_tol=1e-6)
     with pytest.raises(ValueError, match="2 tasks"):
         uw([torch.tensor(1.0)])

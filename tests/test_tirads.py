@@ -95,6 +95,21 @@ def test_rlar_changes_the_update(data):
     assert not torch.allclose(weights["equal"], weights["rlar"])
 
 
+def test_ordinal_term_by_hand():
+    from ssmt_lib.train_tirads import _losses
+
+    cfg = tirads_config(ordinal_weight=2.0, radiomics_weight=0.0, class_weight="none")
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25, 1e-9, 1e-9]]))  # P = (.5, .25, .25, 0, 0)
+    out = {"tirads_logits": logits, "nodule_logits": torch.zeros(1, 1, 4, 4), "radiomics": torch.zeros(1, 16)}
+    batch = {"has_nodule": torch.tensor([False]), "label": torch.tensor([2]), "has_radiomics": torch.tensor([False]),
+             "nodule_mask": torch.zeros(1, 1, 4, 4), "radiomics": torch.zeros(1, 16)}
+    # CDF (.5, .75, 1, 1, 1) vs (0, 0, 1, 1, 1): squared EMD .25 + .5625; CE -log .25
+    expected = -np.log(0.25) + 2.0 * (0.25 + 0.5625)
+    assert _losses(out, batch, cfg, None)["cls"].item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="ordinal_weight"):
+        tirads_config(ordinal_weight=-1.0)
+
+
 def test_cnn_encoder_shapes():
     net = TiradsNet(tirads_config(encoder="cnn"), image_size=32)
     out = net(torch.randn(2, 3, 32, 32))
@@ -122,3 +137,16 @@ def test_cli_train_resume_and_evaluate(tmp_path, capsys):
     assert "dice_mean" in ev["nodule"] and "all_foreground" in ev["nodule_references"]
     with pytest.raises(ValueError, match="another TI-RADS model configuration"):
         main(args[:-4] + ["method=rlar", "--out", str(run), "--no-progress"])
+
+
+@pytest.mark.parametrize("labels,k", [("ddti", 6), ("ddti_grouped", 4)])
+def test_ddti_tirads_release_trains(tmp_path, labels, k):
+    """The phantom exported as DDTI's XML release: six categories, or four ordered groups."""
+    from ssmt_lib.data import phantom
+
+    root = phantom.export_ddti_tirads(tmp_path / "ddti", 48, seed=1, config=phantom.PhantomConfig(image_size=64))
+    r = fit(CFG, task="tirads", data="ddti_tirads", data_root=root, model_options={"labels": labels}, progress=False)
+    assert r.model.config.num_classes == k and len(r.test["confusion_matrix"]) == k
+    assert r.test["n"] >= 1 and "tirads_macro_f1" in r.test["references"]["majority"]
+    with pytest.raises(ValueError, match="does not fit data 'ddti_tirads'"):
+        fit(CFG, task="tirads", data="ddti_tirads", data_root=root, progress=False)  # default labels "acr"
