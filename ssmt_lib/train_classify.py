@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -185,6 +186,8 @@ def fit_classifier(cfg: Config, data: str = "phantom", data_root: str | Path | N
     from ssmt_lib.resume import check_resume, data_settings, reopened_position
 
     _check(model_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the same run folder
+        raise ValueError("fit(task='classify') runs in one process; torchrun/DDP is supported for segmentation only")
     t_cfg = cfg.train
     device = device or T.default_device()
     T.seed_everything(t_cfg.seed)

@@ -237,13 +237,20 @@ def test_killed_classifier_run_resumes_to_the_same_weights(tmp_path):
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
 
 
-def test_fit_classify_rejects_wrong_models_and_folders(tmp_path):
+def test_fit_classify_rejects_wrong_models_and_folders(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="task='classify' needs a classifier model_name"):
         fit(_cfg(), task="classify", model_name="unet", progress=False, phantom_n=16)
     with pytest.raises(ValueError, match="needs task='classify'"):
         fit(_cfg(), model_name="resnet18", progress=False, phantom_n=16)
     with pytest.raises(ValueError, match="task must be 'segment' or 'classify'"):
         fit(_cfg(), task="detect", progress=False)
+    fit(_cfg(1), task="classify", model_name="resnet18", out_dir=tmp_path / "cls", progress=False, phantom_n=8,
+        evaluate_test=False)
+    with pytest.raises(ValueError, match=r"model_name: 'resnet18' -> 'unet'"):  # refused by the resume checks
+        fit(_cfg(1), model_name="unet", out_dir=tmp_path / "cls", progress=False, phantom_n=8)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="runs in one process"):
+        fit(_cfg(), task="classify", model_name="resnet18", progress=False, phantom_n=8)
 
 
 def test_fit_trains_a_table2_segmenter_with_the_dice_switch(tmp_path):
