@@ -213,7 +213,8 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--data", "phantom", "--phantom-n", "16", "--epochs-pretrain", "1",
                  "--epochs", "1", "--set", f"model.image_size={SIZE}", "--out", str(out), "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert set(summary) == {"out", "best", "stopped_early", "test_nodule"} and summary["best"]["epoch"] == 0
+    assert set(summary) == {"out", "best", "stopped_early", "test_nodule", "test_references"}
+    assert summary["best"]["epoch"] == 0 and "all_foreground" in summary["test_references"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["train"]["epochs"] == 1 and len(metrics["history"]) == 2
     assert summary["test_nodule"]["dice_mean"] == pytest.approx(metrics["test"]["nodule"]["dice_mean"])
