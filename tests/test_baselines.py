@@ -23,14 +23,6 @@ ALL_NAMES = list(BASELINE_NAMES) + list(ALIASES)
 OTHER_FIELDS = ("recon", "size", "nodule_aux_logits", "gland_aux_logits", "nodule_queries", "gland_queries")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are faster on one thread than on two cores shared with other work."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _images(b: int = 2, side: int = 64, seed: int = 0, chans: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

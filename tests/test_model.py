@@ -13,12 +13,8 @@ from ssmt_lib.model import SSMTNet, count_parameters
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(old)
+def _seed():
+    torch.manual_seed(0)  # (one thread per test comes from conftest.py)
 
 
 def _check_output(out, b, size, tasks):

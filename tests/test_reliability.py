@@ -41,14 +41,6 @@ def _cfg(**overrides):
     return make_config("tiny", **{**base, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One finished run (never modified by the tests: copy it before resuming)."""

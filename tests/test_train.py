@@ -40,14 +40,6 @@ def _cfg(**overrides):
     return make_config("tiny", **{**base, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # two pytest workers with two threads each thrash on two cores
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def unbroken(tmp_path_factory):
     """One uninterrupted run: 1 pretrain epoch + 2 supervised epochs."""
