@@ -22,7 +22,6 @@ name with :func:`build_baseline` (presets ``"tiny"`` for CPU tests/notebooks, ``
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import typing
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import coerce_value
+from .config import check_used_fields, coerce_value
 from .outputs import ModelOutput
 
 # TRFE-Net loss: L = Dice(nodule) + TRFE_GLAND_WEIGHT * Dice(gland) (Gong et al. 2021; the reference
@@ -121,15 +120,7 @@ def validate_baseline_config(cfg: BaselineConfig) -> BaselineConfig:
     """
     if cfg.name not in BASELINE_NAMES:
         raise KeyError(f"unknown baseline {cfg.name!r}; choose one of {list(BASELINE_NAMES)}")
-    defaults = BaselineConfig()
-    for f in dataclasses.fields(cfg):
-        used = f.name in _COMMON_FIELDS or f.name in _MODEL_FIELDS[cfg.name]
-        if not used and getattr(cfg, f.name) != getattr(defaults, f.name):
-            users = [n for n, s in _MODEL_FIELDS.items() if f.name in s]
-            raise ValueError(
-                f"baseline config {f.name}={getattr(cfg, f.name)!r} is not used by {cfg.name!r} (only by {users}); "
-                f"{cfg.name!r} reads {sorted(_COMMON_FIELDS | _MODEL_FIELDS[cfg.name])}"
-            )
+    check_used_fields(cfg, "baseline", _COMMON_FIELDS, _MODEL_FIELDS)
     if cfg.guidance not in GUIDANCE_VARIANTS:
         raise ValueError(f"baseline config guidance={cfg.guidance!r}; choose one of {GUIDANCE_VARIANTS}")
     if cfg.base_width < 1 or cfg.in_chans < 1:

@@ -30,7 +30,6 @@ dropped, every other tensor must fit (``paper`` size), otherwise the error names
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import typing
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ssmt_lib.config import coerce_value
+from ssmt_lib.config import check_used_fields, coerce_value
 
 CLASSIFIER_NAMES = ("vgg16", "vgg19", "resnet18", "resnet34", "alexnet", "resnet18_transformer")
 SIZES = ("tiny", "paper")
@@ -94,11 +93,7 @@ def validate_classifier_config(cfg: ClassifierConfig) -> ClassifierConfig:
     """Raise if ``cfg`` names an unknown model, sets a field its model ignores, or cannot be built."""
     if cfg.name not in CLASSIFIER_NAMES:
         raise KeyError(f"unknown classifier {cfg.name!r}; choose one of {list(CLASSIFIER_NAMES)}")
-    defaults = ClassifierConfig()
-    for f in dataclasses.fields(cfg):
-        if f.name not in _COMMON | _MODEL_FIELDS[cfg.name] and getattr(cfg, f.name) != getattr(defaults, f.name):
-            raise ValueError(f"classifier config {f.name}={getattr(cfg, f.name)!r} is not used by {cfg.name!r}; "
-                             f"it reads {sorted(_COMMON | _MODEL_FIELDS[cfg.name])}")
+    check_used_fields(cfg, "classifier", _COMMON, _MODEL_FIELDS)
     if cfg.size not in SIZES:
         raise ValueError(f"classifier config size={cfg.size!r}; choose one of {SIZES}")
     if cfg.image_size < 64 or cfg.image_size % 32:

@@ -285,6 +285,26 @@ def coerce_value(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def check_used_fields(cfg: Any, kind: str, common: set[str], model_fields: dict[str, set[str]]) -> None:
+    """Raise if a config dataclass sets a field its named model does not read (shared by the
+    baseline, classifier and segmenter configs: a silently ignored setting is a wrong experiment).
+
+    Args:
+        cfg: a dataclass instance with a ``name`` field; its class's defaults are the reference.
+        kind: what it configures, for the message ("baseline", "classifier", ...).
+        common: fields every model reads.
+        model_fields: per model name, the extra fields it reads.
+    """
+    defaults = type(cfg)()
+    reads = common | model_fields[cfg.name]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name not in reads and value != getattr(defaults, f.name):
+            users = [n for n, s in model_fields.items() if f.name in s]
+            raise ValueError(f"{kind} config {f.name}={value!r} is not used by {cfg.name!r} (only by {users}); "
+                             f"{cfg.name!r} reads {sorted(reads)}")
+
+
 def validate(cfg: Config) -> Config:
     """Raise ``ValueError`` if the configuration breaks a constraint of the paper or the code."""
     m, loss, t = cfg.model, cfg.loss, cfg.train

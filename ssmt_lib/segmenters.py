@@ -25,7 +25,6 @@ score it like the baselines (``python -m ssmt_lib train --model vgg16_unet ...``
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import typing
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ssmt_lib.classifiers import load_local_weights
-from ssmt_lib.config import coerce_value
+from ssmt_lib.config import check_used_fields, coerce_value
 from ssmt_lib.outputs import ModelOutput
 
 SEGMENTER_NAMES = ("vgg16_unet", "vgg19_unet", "deeplabv3plus", "attention_unet")
@@ -75,11 +74,7 @@ def validate_segmenter_config(cfg: SegmenterConfig) -> SegmenterConfig:
     """Raise if ``cfg`` names an unknown model, sets a field its model ignores, or cannot be built."""
     if cfg.name not in SEGMENTER_NAMES:
         raise KeyError(f"unknown segmenter {cfg.name!r}; choose one of {list(SEGMENTER_NAMES)}")
-    defaults = SegmenterConfig()
-    for f in dataclasses.fields(cfg):
-        if f.name not in _COMMON | _MODEL_FIELDS[cfg.name] and getattr(cfg, f.name) != getattr(defaults, f.name):
-            raise ValueError(f"segmenter config {f.name}={getattr(cfg, f.name)!r} is not used by {cfg.name!r}; "
-                             f"it reads {sorted(_COMMON | _MODEL_FIELDS[cfg.name])}")
+    check_used_fields(cfg, "segmenter", _COMMON, _MODEL_FIELDS)
     stride = _STRIDES[cfg.name]
     if cfg.image_size < stride or cfg.image_size % stride:
         raise ValueError(f"segmenter config image_size={cfg.image_size} must be a positive multiple of {stride}")
