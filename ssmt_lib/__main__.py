@@ -107,16 +107,11 @@ def _train_classifier(args: argparse.Namespace, cfg: Any) -> int:
 
 def _evaluate_classifier(args: argparse.Namespace, model: Any, cfg: Any, ckpt: dict, device: Any) -> int:
     """``evaluate`` on a classifier checkpoint: the classification metrics JSON with the majority reference."""
-    from ssmt_lib.resume import data_settings, evaluation_data
+    from ssmt_lib.resume import checkpoint_evaluation_data
     from ssmt_lib.train import jsonable, make_loader
     from ssmt_lib.train_classify import classification_data, evaluate_classifier
 
-    if args.fold is not None:
-        raise SystemExit("--fold applies to segmentation checkpoints, not to a classifier")
-    requested = {"data": args.data, "data_root": args.data_root, "phantom_n": args.phantom_n}
-    settings, notes = evaluation_data(ckpt.get("data"), requested, data_settings(classification_data, "phantom", None, {}))
-    for note in notes:
-        warnings.warn(f"evaluate {args.checkpoint}: {note}", stacklevel=1)
+    settings = checkpoint_evaluation_data(args, ckpt, classification_data, "classifier")
     datasets = classification_data(**settings, image_size=cfg.model.image_size, seed=cfg.train.seed)
     loader = make_loader(datasets[args.split], cfg.train.batch_size, False, 0, 0, device)
     metrics = jsonable(evaluate_classifier(model, loader, device, train_labels=datasets["train"].labels))

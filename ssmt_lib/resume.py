@@ -24,6 +24,7 @@ to an unbroken run (tests/test_train.py). This module holds the rules around it:
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -181,3 +182,25 @@ def evaluation_data(stored: dict[str, Any] | None, requested: dict[str, Any],
                          f"trained on); evaluating with {key}={value!r} as asked")
         settings[key] = value
     return settings, notes
+
+
+def checkpoint_evaluation_data(args: Any, ckpt: dict[str, Any], builder: Callable[..., Any],
+                               kind: str) -> dict[str, Any]:
+    """The data settings ``evaluate`` uses for a non-segmentation checkpoint (classifier, TI-RADS model).
+
+    The checkpoint's stored settings win; an explicit ``--data``/``--data-root``/``--phantom-n`` that
+    disagrees is used with a warning naming the checkpoint (:func:`evaluation_data`).
+
+    Args:
+        args: the CLI namespace (``data``, ``data_root``, ``phantom_n``, ``fold``, ``checkpoint``).
+        ckpt: the loaded checkpoint.
+        builder: the task's data builder (its signature gives the defaults).
+        kind: what the checkpoint holds, for the message on ``--fold``.
+    """
+    if args.fold is not None:
+        raise SystemExit(f"--fold applies to segmentation checkpoints, not to a {kind}")
+    requested = {"data": args.data, "data_root": args.data_root, "phantom_n": args.phantom_n}
+    settings, notes = evaluation_data(ckpt.get("data"), requested, data_settings(builder, "phantom", None, {}))
+    for note in notes:
+        warnings.warn(f"evaluate {args.checkpoint}: {note}", stacklevel=2)
+    return settings

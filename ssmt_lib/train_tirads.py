@@ -501,15 +501,10 @@ def summary(test: dict[str, Any]) -> dict[str, Any]:
 
 def cli_evaluate(args: Any, model: nn.Module, cfg: Config, ckpt: dict[str, Any], device: torch.device) -> int:
     """``evaluate`` on a ``task="tirads"`` checkpoint: metrics JSON with the references."""
-    from ssmt_lib.resume import data_settings, evaluation_data
+    from ssmt_lib.resume import checkpoint_evaluation_data
     from ssmt_lib.train import jsonable, make_loader
 
-    if args.fold is not None:
-        raise SystemExit("--fold applies to segmentation checkpoints, not to a TI-RADS model")
-    requested = {"data": args.data, "data_root": args.data_root, "phantom_n": args.phantom_n}
-    settings, notes = evaluation_data(ckpt.get("data"), requested, data_settings(tirads_data, "phantom", None, {}))
-    for note in notes:
-        warnings.warn(f"evaluate {args.checkpoint}: {note}", stacklevel=1)
+    settings = checkpoint_evaluation_data(args, ckpt, tirads_data, "TI-RADS model")
     settings["radiomics_features"] = tuple(settings.get("radiomics_features") or ()) or None
     check_data(settings["data"], ckpt["model_config"]["labels"])
     datasets = tirads_data(**settings, image_size=cfg.model.image_size, seed=cfg.train.seed)
