@@ -48,6 +48,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ssmt_lib.stats import FLOOR, SCORE  # the score every sweep table reports, and its floor
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 RUNS = ROOT / "runs"
@@ -416,8 +418,6 @@ def collect(sweep: Sweep) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-SCORE = "test.nodule.dice_mean"  # the score every sweep table reports
-FLOOR = "test.references.nodule"  # where metrics.json keeps the trivial predictors' scores
 
 
 def trivial_flag(row: pd.Series | dict[str, Any], metric: str = "dice_mean") -> str:
