@@ -103,7 +103,10 @@ def test_time_limited_run_still_reports_test_metrics(tmp_path):
     assert result.stopped_early
     assert result.test["nodule"]["n"] > 0 and "references" in result.test
     last = result.history[-1]
-    assert last["phase"] == 2 and last["lr"] == pytest.approx(cfg.train.min_lr, rel=0.05)
+    # The clock can run out during the last epoch's validation, after the last step set its rate, so
+    # that rate is in the cosine's tail rather than exactly min_lr; a step-only cosine over 400
+    # planned epochs would still be near train.lr here.
+    assert last["phase"] == 2 and cfg.train.min_lr <= last["lr"] < 0.05 * cfg.train.lr
     import json
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test"]["nodule"]["dice_mean"] is not None
