@@ -173,3 +173,34 @@ def test_attention_figures(recorded):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an empty ground truth draws no outline and no warning
         _check(show_attention_map(image, cross[0][0].mean(0)[0], contour=torch.zeros(32, 32)))
+
+
+def test_architecture_map_labels_every_block_with_its_equation_and_an_importable_module():
+    import importlib
+    import re
+
+    from ssmt_lib.viz import architecture_map
+    from ssmt_lib.viz.architecture import BLOCKS, GROUPS
+
+    fig = architecture_map()
+    ax = fig.axes[0]
+    boxes = {p.get_gid() for p in ax.patches}
+    texts: dict[str, str] = {}
+    for t in ax.texts:
+        texts[t.get_gid()] = texts.get(t.get_gid(), "") + " " + t.get_text()
+    paper_blocks = {"resnet", "vit", "fusion", "nodule_cnn", "nodule_query", "gland_cnn",
+                    "gland_query", "reconstructor", "size", "losses"}
+    assert paper_blocks <= {b.key for b in BLOCKS}
+    for b in BLOCKS + GROUPS:
+        assert b.key in boxes, b.key  # a drawn box ...
+        label = texts[b.key] + texts.get(f"{b.key}:title", "")
+        assert b.module in label and re.search(r"(eq\.|Sec\.) \d", label), (b.key, label)  # ... labelled
+    covered = set()  # every numbered equation of the SSMT-Net paper (1-13) is on the map
+    for first, last in re.findall(r"eq\. (\d+)(?:-(\d+))?", " ".join(texts.values())):
+        covered |= set(range(int(first), int(last or first) + 1))
+    assert covered == set(range(1, 14)), sorted(covered)
+    modules = set(re.findall(r"ssmt_lib(?:\.\w+)+", " ".join(texts.values())))
+    assert {"ssmt_lib.embed", "ssmt_lib.query_decoder", "ssmt_lib.losses"} <= modules
+    for name in sorted(modules):  # the map names only modules that exist
+        importlib.import_module(name)
+    _check(fig)

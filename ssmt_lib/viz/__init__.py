@@ -1,29 +1,28 @@
 """Plotting for the workbook: pure functions that return a matplotlib ``Figure`` (no pyplot state).
 
-``ssmt_lib.viz.attention`` looks inside the model (tokens, attention maps, query masks, rollout);
-``ssmt_lib.viz.data`` shows the phantom and the datasets, ``ssmt_lib.viz.training`` runs, ``ssmt_lib.viz.maps`` a trained model's attention. Everything public is re-exported here::
+``ssmt_lib.viz.tokens`` shows how an image becomes tokens (eq. 1); ``ssmt_lib.viz.attention``
+attention maps, query masks and rollout from a recording (eq. 2-9); ``ssmt_lib.viz.maps`` a trained
+model's attention over its test images; ``ssmt_lib.viz.data`` the phantom and the datasets,
+``ssmt_lib.viz.training`` runs, ``ssmt_lib.viz.experiments`` sweeps, ``ssmt_lib.viz.cam`` what a
+classifier looks at. ``ssmt_lib.viz.common`` holds the drawing helpers they share. The recorders
+(forward hooks) live in :mod:`ssmt_lib.recording`. Everything public is re-exported here::
 
     from ssmt_lib.viz import record_attention, show_attention_heads, attention_rollout
 """
+from ssmt_lib.recording import record_attention, record_attention_masks
+from ssmt_lib.viz.architecture import architecture_map
 from ssmt_lib.viz.attention import (
     attention_rollout,
-    level_grid,
-    pos_embed_similarity,
     query_attention,
-    record_attention,
-    record_attention_masks,
     show_attention_heads,
     show_attention_map,
     show_coarse_to_fine,
-    show_feature_maps,
     show_overlays,
-    show_patch_grid,
-    show_pos_embed_similarity,
     show_query_masks,
-    show_token_grid,
     vit_attention,
 )
 from ssmt_lib.viz.cam import grad_cam, occlusion_map, show_cam
+from ssmt_lib.viz.common import level_grid
 from ssmt_lib.viz.data import (
     phantom_frame,
     plot_dataset_stats,
@@ -45,6 +44,13 @@ from ssmt_lib.viz.maps import (
     show_vit_attention,
     upsample_map,
 )
+from ssmt_lib.viz.tokens import (
+    pos_embed_similarity,
+    show_feature_maps,
+    show_patch_grid,
+    show_pos_embed_similarity,
+    show_token_grid,
+)
 from ssmt_lib.viz.training import (
     LOSS_TERMS,
     compare_runs,
@@ -56,6 +62,7 @@ from ssmt_lib.viz.training import (
 )
 
 __all__ = [
+    "architecture_map",
     "attention_rollout", "level_grid", "pos_embed_similarity", "query_attention", "record_attention",
     "record_attention_masks", "show_attention_heads", "show_attention_map", "show_coarse_to_fine",
     "show_feature_maps", "show_overlays", "show_patch_grid", "show_pos_embed_similarity", "show_query_masks",
