@@ -14,9 +14,6 @@ everywhere (Mask2Former's rule).
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -82,44 +79,3 @@ class Attention(nn.Module):
             out = self.softmax(scores) @ v  # (B, heads, Nq, dh)
         b, _, nq, _ = out.shape
         return self.proj(out.transpose(1, 2).reshape(b, nq, -1))  # (B, Nq, D)
-
-
-@contextlib.contextmanager
-def record_attention(model: nn.Module) -> Iterator[dict[str, Tensor]]:
-    """Record the attention weights of every attention layer of ``model`` during the ``with`` block.
-
-    Works on this library's :class:`Attention` (hooks ``softmax``) and timm's ViT ``Attention``
-    (hooks ``attn_drop``, which sees the softmax output). Fused attention is switched off inside the
-    block and restored afterwards. Keys are module names, values (B, heads, Nq, Nk) tensors, detached.
-
-    Example::
-
-        with record_attention(model) as maps:
-            model(images)
-        maps["encoder.vit.blocks.0.attn"]  # ViT self-attention of layer 0
-    """
-    maps: dict[str, Tensor] = {}
-    handles, restore = [], []
-    for name, m in model.named_modules():
-        if isinstance(m, Attention):
-            restore.append((m, "fused", m.fused))
-            m.fused = False
-            target = m.softmax
-        elif hasattr(m, "fused_attn") and hasattr(m, "attn_drop"):
-            restore.append((m, "fused_attn", m.fused_attn))
-            m.fused_attn = False
-            target = m.attn_drop
-        else:
-            continue
-
-        def hook(_module, _inputs, output, name=name):
-            maps[name] = output.detach()
-
-        handles.append(target.register_forward_hook(hook))
-    try:
-        yield maps
-    finally:
-        for h in handles:
-            h.remove()
-        for m, attr, value in restore:
-            setattr(m, attr, value)

@@ -18,12 +18,12 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from ssmt_lib.attention import record_attention
 from ssmt_lib.config import TASKS, Config, ModelConfig, make_config
 from ssmt_lib.decoders import CNNDecoder, QueryDecoder, argmax_probabilities, semantic_probabilities
 from ssmt_lib.embed import EncoderFeatures, HybridEncoder
 from ssmt_lib.heads import SizeHead
 from ssmt_lib.outputs import ModelOutput
+from ssmt_lib.recording import record_attention
 
 HEADS = ("nodule", "gland", "recon", "size")
 

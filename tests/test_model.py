@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from ssmt_lib import build_model
-from ssmt_lib.attention import Attention, attention_mask_from_logits, record_attention
+from ssmt_lib.attention import Attention, attention_mask_from_logits
 from ssmt_lib.config import VARIANTS, make_config
 from ssmt_lib.model import SSMTNet, count_parameters
+from ssmt_lib.recording import record_attention
 
 
 @pytest.fixture(autouse=True)

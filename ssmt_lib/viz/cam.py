@@ -4,7 +4,8 @@
   Localization", ICCV 2017): with A^k the feature maps of a convolutional layer and y^c the logit of
   class c, the weights are a_k = mean over positions of dy^c / dA^k and the map is
   ReLU(sum_k a_k A^k), upsampled to the image. Hooks on ``model.cam_layer`` (the last
-  convolutional block of every :mod:`ssmt_lib.classifiers` model); the model is not changed.
+  convolutional block of every :mod:`ssmt_lib.classifiers` model) through
+  :func:`ssmt_lib.recording.record_activation_and_gradient`; the model is not changed.
 * Occlusion (Zeiler & Fergus, ECCV 2014): how much P(class) drops when a patch of the image is
   blanked, patch by patch. Slower, but needs no gradient and no layer choice: a check on Grad-CAM.
 
@@ -21,6 +22,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ssmt_lib.data import denormalize
+from ssmt_lib.recording import record_activation_and_gradient
 
 
 def grad_cam(model: nn.Module, images: Tensor, target: int = 1, layer: nn.Module | None = None) -> Tensor:
@@ -38,24 +40,16 @@ def grad_cam(model: nn.Module, images: Tensor, target: int = 1, layer: nn.Module
     layer = layer if layer is not None else getattr(model, "cam_layer", None)
     if layer is None:
         raise ValueError("grad_cam needs a layer: the model has no cam_layer; pass layer=")
-    kept: dict[str, Tensor] = {}
-
-    def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-        kept["acts"] = output
-        output.register_hook(lambda g: kept.__setitem__("grads", g))
-
-    handle = layer.register_forward_hook(hook)
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), record_activation_and_gradient(layer) as kept:
             logits = model(images)  # (B, K)
             model.zero_grad(set_to_none=True)
             logits[:, target].sum().backward()
     finally:
-        handle.remove()
         model.train(was_training)
-    acts, grads = kept["acts"].detach(), kept["grads"].detach()  # (B, C, h, w) each
+    acts, grads = kept["activation"].detach(), kept["gradient"].detach()  # (B, C, h, w) each
     weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
     cam = F.relu((weights * acts).sum(dim=1, keepdim=True))  # (B, 1, h, w)
     cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]  # (B, H, W)

@@ -1,6 +1,6 @@
 """Attention maps of a trained SSMT-Net over its input images (paper eq. 2-6; notebook 05).
 
-The recorders of :mod:`ssmt_lib.viz.attention` give raw weights; this module puts them where a
+The recorders of :mod:`ssmt_lib.recording` give raw weights; this module puts them where a
 reader can judge them, on the image:
 
 * ViT self-attention (eq. 2, ``z' = MSA(LN(z)) + z``) of the class token and of one patch, head by
@@ -30,16 +30,16 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from ssmt_lib.data import denormalize
-from ssmt_lib.viz.attention import (
-    _axes,
-    _image,
-    _np,
-    _overlay,
-    attention_rollout,
+from ssmt_lib.recording import record_attention_masks
+from ssmt_lib.viz.attention import attention_rollout, query_attention, vit_attention
+from ssmt_lib.viz.common import (
+    ArrayLike,
+    display_image,
     level_grid,
-    query_attention,
-    record_attention_masks,
-    vit_attention,
+    outline_mask,
+    overlay_map,
+    panel_grid,
+    to_numpy,
 )
 
 __all__ = [
@@ -47,8 +47,6 @@ __all__ = [
     "find_failure_cases", "show_vit_attention", "show_cross_attention", "show_attention_explorer",
     "show_failure_cases",
 ]
-
-ArrayLike = Tensor | np.ndarray
 
 
 # ----------------------------------------------------------------------------- recording
@@ -146,7 +144,7 @@ def upsample_map(values: ArrayLike, image_shape: tuple[int, int], grid: tuple[in
     Returns:
         (H, W) float32 array.
     """
-    arr = _np(values)
+    arr = to_numpy(values)
     if arr.ndim == 1:
         grid = grid or level_grid(arr.size, image_shape)
         if grid[0] * grid[1] != arr.size:
@@ -175,7 +173,7 @@ def attention_mass(weights: Tensor, region: ArrayLike, grid: tuple[int, int] | N
     Returns:
         (...) tensor in [0, 1].
     """
-    reg = torch.as_tensor(_np(region)).float()
+    reg = torch.as_tensor(to_numpy(region)).float()
     if reg.dim() != 2:
         raise ValueError(f"region must be an (H, W) mask, got shape {tuple(reg.shape)}")
     h, w = grid or level_grid(weights.shape[-1], tuple(reg.shape))
@@ -230,7 +228,7 @@ def find_failure_cases(predicted: ArrayLike, truth: ArrayLike, vessels: ArrayLik
         DataFrame, one row per image: nodule_area, predicted_area, vessel_area, vessel_fp_pixels,
         vessel_fp (bool), small_nodules, missed_small.
     """
-    pred, gt, ves = (_np(a) > 0.5 for a in (predicted, truth, vessels))
+    pred, gt, ves = (to_numpy(a) > 0.5 for a in (predicted, truth, vessels))
     if not pred.shape == gt.shape == ves.shape or pred.ndim != 3:
         raise ValueError(f"predicted, truth and vessels must be (B, H, W) of one shape, got "
                          f"{pred.shape}, {gt.shape}, {ves.shape}")
@@ -272,13 +270,7 @@ def _heads(weights: Tensor, head: int) -> Tensor:
 
 
 def _truth(rec: AttentionRecording, index: int) -> np.ndarray | None:
-    return None if rec.truth is None else _np(rec.truth[index])
-
-
-def _outline(ax, mask: np.ndarray, color: str, style: str = "solid") -> None:
-    """Contour of a binary (H, W) mask, skipped when it is empty or full (no edge to draw)."""
-    if mask.min() < 0.5 < mask.max():
-        ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=0.9, linestyles=style)
+    return None if rec.truth is None else to_numpy(rec.truth[index])
 
 
 def show_vit_attention(rec: AttentionRecording, index: int = 0, layer: int = 1, token: int = 0) -> Figure:
@@ -306,19 +298,19 @@ def show_vit_attention(rec: AttentionRecording, index: int = 0, layer: int = 1, 
     h, w = rec.grid
     if not 0 <= token < h * w:
         raise ValueError(f"token {token} out of range for a {h}x{w} token grid")
-    img, gt = _image(rec.images[index]), _truth(rec, index)
+    img, gt = display_image(rec.images[index]), _truth(rec, index)
     H, W = img.shape[:2]
     attn = rec.vit[li][index]  # (heads, 1+h*w, 1+h*w)
     heads = attn.shape[0]
     roll = attention_rollout([m[index] for m in rec.vit[: li + 1]])  # (1+h*w, 1+h*w)
-    fig, axes = _axes(2, heads + 2, panel=2.0)
+    fig, axes = panel_grid(2, heads + 2, panel=2.0)
     for r, (row, name) in enumerate(((0, "class token"), (1 + token, f"patch {token} ({token // w},{token % w})"))):
         panels = [attn[k, row] for k in range(heads)] + [attn[:, row].mean(0), roll[row]]  # (1+h*w,) each
         titles = [f"head {k}" for k in range(heads)] + ["mean of heads", f"rollout, layers 1-{layer}"]
         vmax = max(float(p[1:].max()) for p in panels[:-1])  # one scale from 0 for the heads and their mean
         for c, (p, t) in enumerate(zip(panels, titles)):
             ax = axes[r, c]
-            im = _overlay(ax, img, _np(p[1:]).reshape(h, w), vmax=vmax if c <= heads else None, contour=gt)
+            im = overlay_map(ax, img, to_numpy(p[1:]).reshape(h, w), vmax=vmax if c <= heads else None, contour=gt)
             ax.set_title(f"{t}\nmax {float(p[1:].max()):.3f}, cls {float(p[0]):.3f}", fontsize=8)
             if r == 1:
                 sy, sx = H / h, W / w
@@ -360,24 +352,24 @@ def show_cross_attention(rec: AttentionRecording, index: int = 0, queries: Seque
     n_q = rec.mask_logits[0].shape[1]
     if not queries or any(not 0 <= q < n_q for q in queries):
         raise ValueError(f"queries {list(queries)} must be a non-empty list of indices in 0..{n_q - 1}")
-    img, gt = _image(rec.images[index]), _truth(rec, index)
+    img, gt = display_image(rec.images[index]), _truth(rec, index)
     shape = img.shape[:2]
     T = len(rec.cross)
     p_obj = rec.p_object(index)
-    fig, axes = _axes(len(queries), T + 1, panel=2.2)
+    fig, axes = panel_grid(len(queries), T + 1, panel=2.2)
     for r, q in enumerate(queries):
         for t in range(T):
             grid = rec.level_sizes[t]
             row = _heads(rec.cross[t][index], head)[q]  # (h*w,)
             ax = axes[r, t]
-            _overlay(ax, img, upsample_map(row, shape, grid, "bilinear" if smooth else "nearest"), contour=gt)
+            overlay_map(ax, img, upsample_map(row, shape, grid, "bilinear" if smooth else "nearest"), contour=gt)
             if rec.allowed[t] is not None:
                 allowed = rec.allowed[t][index, 0, q].float()  # (h*w,): heads share the mask
-                _outline(ax, upsample_map(allowed, shape, grid, "nearest"), "white", "dashed")
+                outline_mask(ax, upsample_map(allowed, shape, grid, "nearest"), "white", "dashed")
             mass = "" if gt is None else f", on nodule {float(attention_mass(row, gt, grid)):.2f}"
             ax.set_title(f"layer {t + 1} ({grid[0]}x{grid[1]}){mass}", fontsize=8)
         final = rec.mask_logits[-1][index, q].sigmoid()  # (H, W)
-        _overlay(axes[r, T], img, _np(final), vmax=1.0, cmap="viridis", contour=gt)
+        overlay_map(axes[r, T], img, to_numpy(final), vmax=1.0, cmap="viridis", contour=gt)
         axes[r, T].set_title("final mask sigmoid(Z_T)", fontsize=8)
         axes[r, 0].text(-0.08, 0.5, f"query {q}\np(object) {float(p_obj[q]):.2f}", rotation=90, ha="right",
                         va="center", fontsize=9, transform=axes[r, 0].transAxes)
@@ -414,29 +406,29 @@ def show_attention_explorer(rec: AttentionRecording, index: int = 0, layer: int 
         raise ValueError(f"query {query} out of range for {n_q} queries")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    img, gt = _image(rec.images[index]), _truth(rec, index)
+    img, gt = display_image(rec.images[index]), _truth(rec, index)
     shape, grid = img.shape[:2], rec.level_sizes[ti]
-    before = _np(rec.mask_logits[ti][index, query].sigmoid())  # (H, W) sigmoid(Z_{t-1})
-    after = _np(rec.mask_logits[ti + 1][index, query].sigmoid())  # (H, W) sigmoid(Z_t)
+    before = to_numpy(rec.mask_logits[ti][index, query].sigmoid())  # (H, W) sigmoid(Z_{t-1})
+    after = to_numpy(rec.mask_logits[ti + 1][index, query].sigmoid())  # (H, W) sigmoid(Z_t)
     region = eq6_region(rec.mask_logits[ti][index, query], grid, threshold).float()  # (h*w,)
     row = _heads(rec.cross[ti][index], head)[query]  # (h*w,)
-    pred = _np(rec.logits[index, 0].sigmoid()) >= threshold  # (H, W)
-    fig, axes = _axes(1, 5, panel=2.3)
-    _overlay(axes[0, 0], img, np.zeros(shape, np.float32), alpha=0.0, contour=gt)
-    _outline(axes[0, 0], pred.astype(np.float32), "red")
+    pred = to_numpy(rec.logits[index, 0].sigmoid()) >= threshold  # (H, W)
+    fig, axes = panel_grid(1, 5, panel=2.3)
+    overlay_map(axes[0, 0], img, np.zeros(shape, np.float32), alpha=0.0, contour=gt)
+    outline_mask(axes[0, 0], pred.astype(np.float32), "red")
     axes[0, 0].set_title(f"prediction >= {threshold:.2f}: {pred.mean():.1%}", fontsize=8)
-    _overlay(axes[0, 1], img, before, vmax=1.0, cmap="viridis", contour=gt)
-    _outline(axes[0, 1], (before >= threshold).astype(np.float32), "white", "dashed")
+    overlay_map(axes[0, 1], img, before, vmax=1.0, cmap="viridis", contour=gt)
+    outline_mask(axes[0, 1], (before >= threshold).astype(np.float32), "white", "dashed")
     axes[0, 1].set_title(f"input mask sigmoid(Z_{ti})", fontsize=8)
-    _overlay(axes[0, 2], img, region.reshape(grid).numpy(), vmax=1.0, cmap="gray", alpha=0.55, contour=gt)
+    overlay_map(axes[0, 2], img, region.reshape(grid).numpy(), vmax=1.0, cmap="gray", alpha=0.55, contour=gt)
     axes[0, 2].set_title(f"eq. 6 at {threshold:.2f}: {int(region.sum())}/{region.numel()} keys", fontsize=8)
-    _overlay(axes[0, 3], img, upsample_map(row, shape, grid), contour=gt)
+    overlay_map(axes[0, 3], img, upsample_map(row, shape, grid), contour=gt)
     if rec.allowed[ti] is not None:
-        _outline(axes[0, 3], upsample_map(rec.allowed[ti][index, 0, query].float(), shape, grid, "nearest"),
+        outline_mask(axes[0, 3], upsample_map(rec.allowed[ti][index, 0, query].float(), shape, grid, "nearest"),
                  "white", "dashed")
     axes[0, 3].set_title(f"cross-attention ({'mean' if head == -1 else f'head {head}'})", fontsize=8)
-    _overlay(axes[0, 4], img, after, vmax=1.0, cmap="viridis", contour=gt)
-    _outline(axes[0, 4], (after >= threshold).astype(np.float32), "white", "dashed")
+    overlay_map(axes[0, 4], img, after, vmax=1.0, cmap="viridis", contour=gt)
+    outline_mask(axes[0, 4], (after >= threshold).astype(np.float32), "white", "dashed")
     axes[0, 4].set_title(f"output mask sigmoid(Z_{ti + 1})", fontsize=8)
     p = float(rec.p_object(index)[query])
     fig.suptitle(f"layer {layer} ({grid[0]}x{grid[1]}), query {query} (p(object) {p:.2f})" + _id(rec, index),
@@ -460,12 +452,12 @@ def show_failure_cases(images: ArrayLike | Sequence[ArrayLike], truth: ArrayLike
     Returns:
         the figure.
     """
-    imgs = [_image(i) for i in images]
+    imgs = [display_image(i) for i in images]
     n = len(imgs)
     if n == 0:
         raise ValueError("show_failure_cases: no cases to show")
-    gts, preds = _np(truth), _np(predicted)
-    ves = None if vessels is None else _np(vessels)
+    gts, preds = to_numpy(truth), to_numpy(predicted)
+    ves = None if vessels is None else to_numpy(vessels)
     for name, arr in (("truth", gts), ("predicted", preds), ("vessels", ves)):
         if arr is not None and (arr.shape[0] != n or arr.shape[1:] != imgs[0].shape[:2]):
             raise ValueError(f"{name} must be ({n}, H, W) = {(n, *imgs[0].shape[:2])}, got {arr.shape}")
@@ -473,20 +465,20 @@ def show_failure_cases(images: ArrayLike | Sequence[ArrayLike], truth: ArrayLike
         raise ValueError(f"attention has {len(attention)} maps for {n} cases")
     if titles is not None and len(titles) != n:
         raise ValueError(f"titles has {len(titles)} entries for {n} cases")
-    fig, axes = _axes(1 + (attention is not None), n, panel=2.2)
+    fig, axes = panel_grid(1 + (attention is not None), n, panel=2.2)
     for j, img in enumerate(imgs):
         ax = axes[0, j]
-        _overlay(ax, img, np.zeros(img.shape[:2], np.float32), alpha=0.0, contour=gts[j])
-        _outline(ax, (preds[j] > 0.5).astype(np.float32), "red")
+        overlay_map(ax, img, np.zeros(img.shape[:2], np.float32), alpha=0.0, contour=gts[j])
+        outline_mask(ax, (preds[j] > 0.5).astype(np.float32), "red")
         if ves is not None:
-            _outline(ax, (ves[j] > 0.5).astype(np.float32), "yellow", "dashed")
+            outline_mask(ax, (ves[j] > 0.5).astype(np.float32), "yellow", "dashed")
         ax.set_title(titles[j] if titles is not None else f"case {j}", fontsize=8)
         if attention is not None:
-            a = _np(attention[j])
+            a = to_numpy(attention[j])
             a = a if a.shape == img.shape[:2] else upsample_map(a, img.shape[:2])
-            _overlay(axes[1, j], img, a, contour=gts[j])
+            overlay_map(axes[1, j], img, a, contour=gts[j])
             if ves is not None:
-                _outline(axes[1, j], (ves[j] > 0.5).astype(np.float32), "yellow", "dashed")
+                outline_mask(axes[1, j], (ves[j] > 0.5).astype(np.float32), "yellow", "dashed")
     legend = "cyan: nodule truth · red: prediction" + (" · yellow dashed: vessels" if ves is not None else "")
     fig.suptitle(legend, fontsize=9)
     return fig
