@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ssmt_lib.data import DatasetError, build_dataset, phantom, read_image, read_mask
-from ssmt_lib.data.ddti_tirads import (
+from ssmt_lib.data.ddti_tirads_xml import (
     SVG_TRUNCATED_AT,
     acr_points,
     canonical_descriptor,
@@ -128,7 +128,7 @@ def test_splits_are_by_case_and_cover_everything(exported):
     ("composition", ["predominantly solid", "Predominantly  Solid"], "predominantly_solid", 1),
 ])
 def test_spelling_variants_map_to_one_value(field, spellings, canonical, points):
-    from ssmt_lib.data.ddti_tirads import VOCABULARY
+    from ssmt_lib.data.ddti_tirads_xml import VOCABULARY
 
     assert {canonical_descriptor(field, s) for s in spellings} == {(canonical, True)}
     assert VOCABULARY[field][canonical] == points

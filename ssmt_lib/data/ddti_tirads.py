@@ -1,34 +1,18 @@
-"""DDTI as its publishers release it: one XML per case (TI-RADS descriptors, nodule polygons) + JPEGs.
+"""DDTI as its publishers release it: case XMLs (TI-RADS, nodule polygons) + JPEGs, as a dataset.
 
 Pedraza, Vargas, Narvaez, Duran, Munoz, Romero, "An open access thyroid ultrasound image database"
 (SPIE 10th International Symposium on Medical Information Processing and Analysis, 2015). The
 dual-stage paper (benign/malignant classification, then segmentation) trains its classifiers on
-image-level labels; this loader gives DDTI's images such a label, derived from TI-RADS. Layouts
+image-level labels; this loader gives DDTI's images such a label, derived from TI-RADS (the XML
+format, the descriptor vocabulary and the label convention: ``ddti_tirads_xml``). Layouts
 (``layout="auto"`` tells them apart):
 
     flat:     root/1.xml, root/1_1.jpg, root/1_2.jpg, root/2.xml, ...
     folders:  root/annotations/1.xml, root/images/1_1.jpg, optional root/masks/1_1_mask.png
 
-The XML of case ``c``: ``<case><number/><age/><sex/><composition/><echogenicity/><margins/>
-<calcifications/><tirads/><reportbacaf/><reporteco/><mark><image>k</image><svg>JSON</svg></mark>...
-</case>``; image ``k`` of the case is the file ``c_k.jpg``; the svg text is a JSON list of regions
-``{"points": [{"x": .., "y": ..}, ...], "regionType": "freehand"}``, one per nodule. The nodule mask
-is the union of the region polygons, rasterised with PIL; ``instance_masks(i)`` keeps one mask per
-region.
-
-**Vocabulary.** Descriptor spellings vary (``microcalcification``/``microcalcifications``,
-``ill- defined``/``ill defined``, ``non`` for none); each is normalised (case, spaces, hyphens) and
-mapped through ``ALIASES`` to one canonical name per field (``VOCABULARY``), which carries its ACR
-TI-RADS points (Tessler et al., J Am Coll Radiol 14:587-595, 2017) where ACR has the category. A
-value outside the vocabulary is kept raw, its canonical field is ``None`` and it is reported in a
-warning (``dataset.unknown_values``): never guessed. DDTI records no shape, so
-``acr_points`` (the sum of the four recorded fields, 0 for spongiform) is a lower bound of the ACR
-total; ``None`` when a field is missing or unknown.
-
-**Label convention (TI-RADS-derived, not pathology).** ``malignant`` = TI-RADS 4a, 4b, 4c or 5;
-benign = 2 or 3; ``None`` (item value -1) without a TI-RADS value. DDTI's categories are a
-radiologist's risk score, so a classifier trained on them learns the radiologist's reading, not
-the biopsy; the dual-stage paper's labels (Thyroid-TNUS) are pathology labels.
+The nodule mask is the union of the mark's region polygons; ``instance_masks(i)`` keeps one mask
+per region. Descriptor values outside the vocabulary are reported in a warning
+(``dataset.unknown_values``).
 
 **Known quirks of the public release, loaded with the default settings.** Marks whose ``<svg>`` is
 empty, and svg JSON cut off at ``SVG_TRUNCATED_AT`` = 2,500 characters (the list of polygons is
@@ -36,261 +20,50 @@ truncated and does not parse): the image uses ``masks/`` where that folder has i
 it stays for classification without a nodule mask (``has_nodule`` False); one warning counts them
 and names the cases. Regions with fewer than 3 points are dropped and counted in that warning. A
 valid empty list ``[]`` is an annotated image without a nodule (empty mask, a label). Images without
-a TI-RADS value stay for segmentation. Splits are by case (``patient_split``): the images of one
-case are never in two splits.
+a TI-RADS value stay for segmentation (``malignant`` item value -1). Splits are by case
+(``patient_split``): the images of one case are never in two splits.
 
 **Bad input that is not a known quirk** (an XML file that does not parse, a mark naming a missing
 image, an image no XML names, a mask with no image, svg JSON that is malformed without being cut)
-raises :class:`~ssmt_lib.data.datasets.DatasetError` naming the file, or with ``skip_bad=True`` is
+raises :class:`~ssmt_lib.data.reading.DatasetError` naming the file, or with ``skip_bad=True`` is
 skipped and counted in ``dataset.skipped``.
 """
 from __future__ import annotations
 
-import json
 import re
 import warnings
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from ssmt_lib.data import datasets as _ds
-from ssmt_lib.data.datasets import (
+from ssmt_lib.data.datasets import SegmentationDataset
+from ssmt_lib.data.ddti_tirads_xml import (  # ALIASES, VOCABULARY: re-exported for notebook 07
+    ALIASES,  # noqa: F401
+    DESCRIPTORS,
+    SVG_TRUNCATED_AT,
+    TIRADS_CATEGORIES,
+    VOCABULARY,  # noqa: F401
+    CaseAnnotation,
+    Polygon,
+    acr_points,
+    malignant_from_tirads,
+    parse_case_xml,
+    rasterize,
+)
+from ssmt_lib.data.reading import (
     IMAGE_EXTENSIONS,
     DatasetError,
-    SegmentationDataset,
-    _fraction_split,
-    _header_size,
-    _natural_key,
-    _Skipper,
+    Skipper,
+    dataset_root,
+    header_size,
+    natural_key,
     read_image,
     read_mask,
+    sorted_files,
 )
-
-SVG_TRUNCATED_AT = 2500  # the public release cut svg texts at this many characters
-TIRADS_CATEGORIES = ("2", "3", "4a", "4b", "4c", "5")  # DDTI's TI-RADS values (plus empty)
-MALIGNANT_TIRADS = frozenset({"4a", "4b", "4c", "5"})  # the documented TI-RADS-derived convention
-DESCRIPTORS = ("composition", "echogenicity", "margins", "calcifications")
-
-# Canonical value -> ACR TI-RADS points (2017 white paper). "predominantly solid/cystic" are ACR's
-# "mixed cystic and solid" (1); lobulated, spiculated and irregular margins are ACR's "lobulated or
-# irregular" (2); microcalcifications are ACR's punctate echogenic foci (3).
-VOCABULARY: dict[str, dict[str, int]] = {
-    "composition": {"cystic": 0, "spongiform": 0, "predominantly_cystic": 1, "predominantly_solid": 1,
-                    "mixed": 1, "solid": 2},
-    "echogenicity": {"anechoic": 0, "hyperechoic": 1, "isoechoic": 1, "hypoechoic": 2, "very_hypoechoic": 3},
-    "margins": {"well_defined": 0, "ill_defined": 0, "microlobulated": 2, "macrolobulated": 2,
-                "spiculated": 2, "irregular": 2, "extrathyroidal": 3},
-    "calcifications": {"none": 0, "comet_tail": 0, "macrocalcification": 1, "peripheral": 2,
-                       "microcalcification": 3},
-}
-
-# Normalised spelling (see ``normalize_text``) -> canonical value. Canonical names map to themselves.
-ALIASES: dict[str, dict[str, str]] = {
-    "composition": {"predominantly cystic": "predominantly_cystic", "predominantly solid": "predominantly_solid",
-                    "mostly cystic": "predominantly_cystic", "mostly solid": "predominantly_solid",
-                    "mixed cystic and solid": "mixed", "mixed cystic solid": "mixed"},
-    "echogenicity": {"hyperechogenicity": "hyperechoic", "hyperechogenic": "hyperechoic",
-                     "isoechogenicity": "isoechoic", "isoechogenic": "isoechoic",
-                     "hypoechogenicity": "hypoechoic", "hypoechogenic": "hypoechoic",
-                     "marked hypoechogenicity": "very_hypoechoic", "markedly hypoechoic": "very_hypoechoic",
-                     "very hypoechoic": "very_hypoechoic", "anechogenic": "anechoic"},
-    "margins": {"well defined": "well_defined", "smooth": "well_defined", "ill defined": "ill_defined",
-                "micro lobulated": "microlobulated", "macro lobulated": "macrolobulated",
-                "extrathyroidal extension": "extrathyroidal", "extra thyroidal extension": "extrathyroidal"},
-    "calcifications": {"non": "none", "no": "none", "microcalcifications": "microcalcification",
-                       "micro calcification": "microcalcification", "micro calcifications": "microcalcification",
-                       "macrocalcifications": "macrocalcification", "macro calcification": "macrocalcification",
-                       "macro calcifications": "macrocalcification", "rim": "peripheral",
-                       "peripheral calcification": "peripheral", "peripheral calcifications": "peripheral",
-                       "rim calcification": "peripheral", "rim calcifications": "peripheral",
-                       "comet tail": "comet_tail", "comet tail artifact": "comet_tail",
-                       "comet tail artifacts": "comet_tail"},
-}
-for _field, _values in VOCABULARY.items():  # canonical names (with spaces) are spellings too
-    ALIASES[_field].update({v.replace("_", " "): v for v in _values})
-
-
-def normalize_text(text: str) -> str:
-    """Lower case, ``-``/``_`` as spaces, runs of spaces as one: ``"Ill- defined"`` -> ``"ill defined"``."""
-    return re.sub(r"[\s_\-]+", " ", text.strip().lower()).strip()
-
-
-def canonical_descriptor(field_name: str, raw: str | None) -> tuple[str | None, bool]:
-    """Map one raw descriptor value to the vocabulary.
-
-    Args:
-        field_name: one of ``DESCRIPTORS``.
-        raw: the XML text (``None`` or blank when the field is empty).
-
-    Returns:
-        ``(canonical or None, known)``: ``known`` is False only for a non-empty value outside the
-        vocabulary (then canonical is None and the value must be reported).
-    """
-    if field_name not in VOCABULARY:
-        raise ValueError(f"unknown descriptor field {field_name!r}; choose one of {DESCRIPTORS}")
-    if raw is None or not raw.strip():
-        return None, True
-    value = ALIASES[field_name].get(normalize_text(raw))
-    return value, value is not None
-
-
-def canonical_tirads(raw: str | None) -> tuple[str | None, bool]:
-    """``"4A"`` -> ``"4a"``; ``(None, True)`` when empty, ``(None, False)`` when not a DDTI category."""
-    if raw is None or not raw.strip():
-        return None, True
-    value = normalize_text(raw).replace(" ", "")
-    value = re.sub(r"^(tirads|tr)", "", value)
-    return (value, True) if value in TIRADS_CATEGORIES else (None, False)
-
-
-def malignant_from_tirads(tirads: str | None) -> bool | None:
-    """The TI-RADS-derived label: 4a-5 malignant, 2-3 benign, None without a category."""
-    return None if tirads is None else tirads in MALIGNANT_TIRADS
-
-
-def acr_points(descriptors: dict[str, str | None]) -> int | None:
-    """Sum of the ACR points of the four DDTI fields (spongiform: 0); None if any is missing."""
-    if any(descriptors.get(f) is None for f in DESCRIPTORS):
-        return None
-    if descriptors["composition"] == "spongiform":
-        return 0
-    return sum(VOCABULARY[f][descriptors[f]] for f in DESCRIPTORS)
-
-
-# ----------------------------------------------------------------------------- XML parsing
-
-Polygon = list[tuple[float, float]]
-
-
-@dataclass
-class Mark:
-    """One ``<mark>``: the regions of image ``image`` of a case."""
-
-    image: int  # image number k (file {case}_{k}.jpg)
-    regions: list[Polygon]  # usable polygons (>= 3 points), image pixel coordinates
-    status: str  # "ok" (parsed; maybe no region), "empty" (<svg> empty), "truncated" (JSON cut off)
-    dropped: int = 0  # regions with fewer than 3 points (dropped, reported)
-
-
-@dataclass
-class CaseAnnotation:
-    """Everything one case XML says."""
-
-    path: Path  # the XML file
-    case: str  # case id (the XML file stem; images are named after it)
-    number: str | None  # <number>
-    age: int | None  # <age>, None when empty or not an integer
-    sex: str | None  # <sex> upper-cased ("F", "M")
-    descriptors: dict[str, str | None]  # canonical composition, echogenicity, margins, calcifications
-    raw: dict[str, str | None]  # the raw text of every field above and of tirads
-    tirads: str | None  # one of TIRADS_CATEGORIES or None
-    reports: dict[str, str | None]  # <reportbacaf>, <reporteco>
-    marks: dict[int, Mark] = field(default_factory=dict)  # by image number
-    unknown: list[tuple[str, str]] = field(default_factory=list)  # (field, raw value) outside the vocabulary
-
-
-def _text(root: ET.Element, tag: str) -> str | None:
-    el = root.find(tag)
-    if el is None or el.text is None or not el.text.strip():
-        return None
-    return el.text.strip()
-
-
-def _parse_regions(text: str | None, where: str, path: Path) -> Mark:
-    """svg text -> Mark(image=-1, ...); the caller fills in the image number."""
-    if text is None or not text.strip():
-        return Mark(-1, [], "empty")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        if len(text) >= SVG_TRUNCATED_AT:
-            return Mark(-1, [], "truncated")
-        raise DatasetError(f"cannot parse the svg JSON of {where} in {path} ({len(text)} characters, "
-                           f"not the {SVG_TRUNCATED_AT}-character truncation of the release): {e}", path) from e
-    if not isinstance(data, list):
-        raise DatasetError(f"svg of {where} in {path} is not a JSON list of regions: {type(data).__name__}", path)
-    regions, dropped = [], 0
-    for r, region in enumerate(data):
-        points = region.get("points") if isinstance(region, dict) else None
-        if not isinstance(points, list):
-            raise DatasetError(f"region {r} of {where} in {path} has no 'points' list", path)
-        try:
-            poly = [(float(p["x"]), float(p["y"])) for p in points]
-        except (KeyError, TypeError, ValueError) as e:
-            raise DatasetError(f"region {r} of {where} in {path} has a point without numeric x, y: {e!r}", path) from e
-        if len(poly) < 3:
-            dropped += 1
-        else:
-            regions.append(poly)
-    return Mark(-1, regions, "ok", dropped)
-
-
-def parse_case_xml(path: str | Path) -> CaseAnnotation:
-    """Read one DDTI case XML.
-
-    Args:
-        path: the ``{case}.xml`` file.
-
-    Returns:
-        The :class:`CaseAnnotation`; descriptors mapped to the vocabulary, unknown values listed.
-
-    Raises:
-        DatasetError: the file does not parse, its root is not ``<case>``, a mark has no integer
-            ``<image>``, or an svg is malformed without being the known truncation (names the file).
-    """
-    path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"cannot parse XML file {path}: {e}", path) from e
-    if root.tag != "case":
-        raise DatasetError(f"XML file {path} has root <{root.tag}>, expected <case>", path)
-    raw = {f: _text(root, f) for f in DESCRIPTORS + ("tirads",)}
-    descriptors, unknown = {}, []
-    for f in DESCRIPTORS:
-        descriptors[f], known = canonical_descriptor(f, raw[f])
-        if not known:
-            unknown.append((f, raw[f]))
-    tirads, known = canonical_tirads(raw["tirads"])
-    if not known:
-        unknown.append(("tirads", raw["tirads"]))
-    age_text = _text(root, "age")
-    age = int(age_text) if age_text is not None and age_text.isdigit() else None
-    if age_text is not None and age is None:
-        unknown.append(("age", age_text))
-    sex = _text(root, "sex")
-    ann = CaseAnnotation(path=path, case=path.stem, number=_text(root, "number"), age=age,
-                         sex=sex.upper() if sex else None, descriptors=descriptors, raw=raw, tirads=tirads,
-                         reports={t: _text(root, t) for t in ("reportbacaf", "reporteco")}, unknown=unknown)
-    for m, el in enumerate(root.findall("mark")):
-        k_text = _text(el, "image")
-        if k_text is None or not k_text.isdigit():
-            raise DatasetError(f"mark {m} in {path} has no integer <image> (got {k_text!r})", path)
-        svg = el.find("svg")
-        mark = _parse_regions(svg.text if svg is not None else None, f"mark {m} (image {k_text})", path)
-        mark.image = int(k_text)
-        if mark.image in ann.marks:  # two marks for one image: their regions add up
-            prev = ann.marks[mark.image]
-            mark = Mark(mark.image, prev.regions + mark.regions,
-                        "ok" if "ok" in (prev.status, mark.status) else prev.status, prev.dropped + mark.dropped)
-        ann.marks[mark.image] = mark
-    return ann
-
-
-def rasterize(regions: list[Polygon], width: int, height: int) -> np.ndarray:
-    """Union of filled polygons (outline included), (height, width) uint8 in {0, 1}."""
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for poly in regions:
-        draw.polygon(poly, fill=1, outline=1)
-    return np.asarray(canvas, dtype=np.uint8)
-
-
-# ----------------------------------------------------------------------------- dataset
+from ssmt_lib.data.splitting import fraction_split
 
 
 @dataclass
@@ -320,11 +93,6 @@ def _split_stem(stem: str) -> tuple[str, int] | None:
     """``"12_3"`` -> ("12", 3); None for stems that are not ``{case}_{k}``."""
     m = re.fullmatch(r"(.+)_(\d+)", stem)
     return (m.group(1), int(m.group(2))) if m else None
-
-
-def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes
-                   and not p.name.startswith(".")), key=lambda p: (_natural_key(p), p.name))
 
 
 def _layout(root: Path, layout: str) -> tuple[str, Path, Path, Path | None]:
@@ -379,11 +147,11 @@ class DDTITiradsDataset(SegmentationDataset):
         out: dict[str, Any] = {}
         for status in ("empty", "truncated"):
             recs = [r for r in self.records if r.svg_status == status]
-            out[status] = {"images": len(recs), "cases": sorted({r.case for r in recs}, key=_case_key),
+            out[status] = {"images": len(recs), "cases": sorted({r.case for r in recs}, key=natural_key),
                            "from_masks": sum(r.mask_source == "masks" for r in recs)}
         dropped = [(r.case, r.annotation.marks[r.image_index].dropped) for r in self.records
                    if r.annotation.marks[r.image_index].dropped]
-        out["dropped_regions"] = {"regions": sum(d for _, d in dropped), "cases": sorted({c for c, _ in dropped}, key=_case_key)}
+        out["dropped_regions"] = {"regions": sum(d for _, d in dropped), "cases": sorted({c for c, _ in dropped}, key=natural_key)}
         out["without_mask"] = sum(r.mask_source is None for r in self.records)
         return out
 
@@ -441,7 +209,7 @@ class DDTITiradsDataset(SegmentationDataset):
     def instance_masks(self, i: int) -> np.ndarray:
         """One mask per nodule region of record ``i`` at the image's own size, (K, H, W) uint8."""
         r = self.records[i]
-        w, h = _header_size(r.image)
+        w, h = header_size(r.image)
         return np.stack([rasterize([poly], w, h) for poly in r.regions]) if r.regions else np.zeros((0, h, w), np.uint8)
 
     def labels(self, key: str = "malignant") -> np.ndarray:
@@ -451,10 +219,6 @@ class DDTITiradsDataset(SegmentationDataset):
         if key == "tirads_index":
             return np.array([TIRADS_CATEGORIES.index(r.tirads) if r.tirads else -1 for r in self.records])
         raise ValueError(f"labels: key must be 'malignant' or 'tirads_index', got {key!r}")
-
-
-def _case_key(case: str) -> tuple:
-    return (0, int(case), "") if case.isdigit() else (1, 0, case)
 
 
 def build_ddti_tirads(root, split, fold, image_size, augment, skip_bad, *, layout: str = "auto",
@@ -473,23 +237,23 @@ def build_ddti_tirads(root, split, fold, image_size, augment, skip_bad, *, layou
             the labels are per image (a stitched pair would carry the worse of two labels).
         verify: "header" (read image headers eagerly) or "full" (decode every image).
     """
-    root = _ds._root(root, "ddti_tirads")
+    root = dataset_root(root, "ddti_tirads")
     if mask_source not in ("svg", "masks"):
         raise ValueError(f"option mask_source must be 'svg' or 'masks', got {mask_source!r}")
     if verify not in ("header", "full"):
         raise ValueError(f"option verify must be 'header' or 'full', got {verify!r}")
-    skip = _Skipper(skip_bad)
+    skip = Skipper(skip_bad)
     layout, xml_dir, image_dir, mask_dir = _layout(root, layout)
-    xmls = _files(xml_dir, (".xml",))
+    xmls = sorted_files(xml_dir, (".xml",))
     if not xmls:
         raise DatasetError(f"no case XML files in {xml_dir}", xml_dir)
-    files = _files(image_dir, IMAGE_EXTENSIONS)
+    files = sorted_files(image_dir, IMAGE_EXTENSIONS)
     masks: dict[str, Path] = {}
     if layout == "flat":  # flat exports may put {case}_{k}_mask.png beside the images
         masks = {p.stem[:-5]: p for p in files if p.stem.endswith("_mask")}
         files = [p for p in files if not p.stem.endswith("_mask")]
     elif mask_dir is not None:
-        for p in _files(mask_dir, IMAGE_EXTENSIONS):
+        for p in sorted_files(mask_dir, IMAGE_EXTENSIONS):
             if not p.stem.endswith("_mask"):
                 skip(f"mask file {p} is not named {{case}}_{{k}}_mask", p)
             else:
@@ -533,16 +297,16 @@ def build_ddti_tirads(root, split, fold, image_size, augment, skip_bad, *, layou
         if stem not in images:
             skip(f"mask {p} has no image {stem} in {image_dir}", p)
     records = [r for r in records if _readable(r, verify, skip)]
-    records = _fraction_split(records, split, val_fraction, test_fraction, split_seed, "ddti_tirads")
+    records = fraction_split(records, split, val_fraction, test_fraction, split_seed, "ddti_tirads")
     return DDTITiradsDataset(split, records, image_size, augment, channels, stitch_prob, skip_bad, skip.items, layout)
 
 
-def _readable(r: TiradsRecord, verify: str, skip: _Skipper) -> bool:
+def _readable(r: TiradsRecord, verify: str, skip: Skipper) -> bool:
     """Eager check of the image (header or full decode) and of the mask file's size."""
     try:
-        w, h = read_image(r.image).shape[::-1] if verify == "full" else _header_size(r.image)
+        w, h = read_image(r.image).shape[::-1] if verify == "full" else header_size(r.image)
         if r.mask_source == "masks":
-            mw, mh = _header_size(r.mask_file)
+            mw, mh = header_size(r.mask_file)
             if (mw, mh) != (w, h):
                 skip(f"image/mask size mismatch: {r.image} is {w}x{h} but {r.mask_file} is {mw}x{mh} "
                      f"(width x height)", r.mask_file)
@@ -551,6 +315,3 @@ def _readable(r: TiradsRecord, verify: str, skip: _Skipper) -> bool:
         skip(str(e), e.path)
         return False
     return True
-
-
-_ds._BUILDERS["ddti_tirads"] = build_ddti_tirads  # registered here: build_dataset("ddti_tirads", ...)
