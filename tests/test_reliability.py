@@ -27,7 +27,7 @@ from ssmt_lib import experiments
 from ssmt_lib.__main__ import _parse_sets, main
 from ssmt_lib.config import make_config
 from ssmt_lib.data import DatasetError, build_dataset, read_mask
-from ssmt_lib.data.datasets import MaskWarning
+from ssmt_lib.data.reading import MaskWarning
 from ssmt_lib.experiments import SweepError, load_sweep, run_sweep, run_workbook
 from ssmt_lib.resume import ResumeError
 from ssmt_lib.runlock import LOCK_NAME, RunLock, RunLockedError
