@@ -92,17 +92,18 @@ def as_grid(values: np.ndarray, grid: tuple[int, int] | None, image_shape: tuple
     return values.reshape(h, w)
 
 
-def panel_grid(nrows: int, ncols: int, panel: float = 2.4) -> tuple[Figure, np.ndarray]:
+def panel_grid(nrows: int, ncols: int, panel: float = 2.4, title_space: float = 0.0) -> tuple[Figure, np.ndarray]:
     """A new figure of ``nrows`` x ``ncols`` square panels with their axes turned off.
 
     Args:
         nrows, ncols: panels down and across.
         panel: side of one panel in inches.
+        title_space: inches added to the figure's height (room for multi-line panel titles).
 
     Returns:
         (figure, axes) with axes an (nrows, ncols) array.
     """
-    fig = Figure(figsize=(panel * ncols, panel * nrows), layout="constrained")
+    fig = Figure(figsize=(panel * ncols, panel * nrows + title_space), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()

@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from ssmt_lib.data import phantom
 from ssmt_lib.data.transforms import denormalize, eval_transform, seed_transform, stitch
+from ssmt_lib.viz.common import panel_grid
 
 __all__ = [
     "show_samples", "show_anatomy", "show_gallery", "show_augmentations", "phantom_frame",
@@ -89,13 +90,9 @@ def _title(sample: Mapping[str, Any]) -> str:
 
 
 def _axes(n: int, ncols: int | None, panel: float) -> tuple[Figure, np.ndarray]:
+    """Enough rows of ``ncols`` panels (default: one row) for ``n`` panels, 0.3 in taller for the titles."""
     ncols = max(1, min(ncols or n, n))
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(panel * ncols, panel * nrows + 0.3), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    return fig, axes
+    return panel_grid(math.ceil(n / ncols), ncols, panel, title_space=0.3)
 
 
 def _draw(ax: Axes, img: np.ndarray, nodule: np.ndarray | None, gland: np.ndarray | None,
