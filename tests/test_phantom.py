@@ -33,8 +33,8 @@ def test_deterministic_and_index_dependent():
     b = ph.sample(7, seed=3, config=CFG)
     assert _same(a, b)
     # Caches (noise bank, patients) are pure: clearing them gives the same sample.
-    ph._patient.cache_clear()
-    ph._bank.cache_clear()
+    ph.anatomy.patient_anatomy.cache_clear()
+    ph.ultrasound.noise_bank.cache_clear()
     assert _same(a, ph.sample(7, seed=3, config=CFG))
     assert not np.array_equal(a["image"], ph.sample(8, seed=3, config=CFG)["image"])
     assert not np.array_equal(a["image"], ph.sample(7, seed=4, config=CFG)["image"])
@@ -83,10 +83,10 @@ def test_nodules_are_placed_inside_their_lobe():
     cfg = ph.PhantomConfig()
     n_checked = 0
     for pt in range(400):
-        p = ph._patient(5, pt, 3, 0.0, tuple(cfg.nodule_mm), tuple(cfg.malignancy_risk), "null")
+        p = ph.anatomy.patient_anatomy(5, pt, 3, 0.0, tuple(cfg.nodule_mm), tuple(cfg.malignancy_risk), "null")
         for n in p.nodules:
             others = [o for o in p.nodules if o is not n]
-            assert ph._fits(n, np.array([n.cx]), np.array([n.cy]), p, p.lobes[n.side], others)[0], pt
+            assert ph.anatomy.nodule_fits(n, np.array([n.cx]), np.array([n.cy]), p, p.lobes[n.side], others)[0], pt
             n_checked += 1
     assert n_checked > 400
 
@@ -123,8 +123,8 @@ def test_tirads_points_and_levels(many):
     assert {0, 1, 4, 5} <= {s["tirads_level"] for s in many}
     # every level occurs among the nodules of a few hundred patients (anatomy only, no rendering)
     cfg = ph.PhantomConfig()
-    levels = {n.tirads for pt in range(300)
-              for n in ph._patient(1, pt, 3, 0.0, tuple(cfg.nodule_mm), tuple(cfg.malignancy_risk), "null").nodules}
+    levels = {n.tirads_level for pt in range(300)
+              for n in ph.anatomy.patient_anatomy(1, pt, 3, 0.0, tuple(cfg.nodule_mm), tuple(cfg.malignancy_risk), "null").nodules}
     assert levels == {1, 2, 3, 4, 5}
 
 
