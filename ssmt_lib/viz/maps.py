@@ -34,6 +34,7 @@ from ssmt_lib.recording import record_attention_masks
 from ssmt_lib.viz.attention import attention_rollout, query_attention, vit_attention
 from ssmt_lib.viz.common import (
     ArrayLike,
+    as_grid,
     display_image,
     level_grid,
     outline_mask,
@@ -146,10 +147,7 @@ def upsample_map(values: ArrayLike, image_shape: tuple[int, int], grid: tuple[in
     """
     arr = to_numpy(values)
     if arr.ndim == 1:
-        grid = grid or level_grid(arr.size, image_shape)
-        if grid[0] * grid[1] != arr.size:
-            raise ValueError(f"values has {arr.size} entries, not grid {grid}")
-        arr = arr.reshape(grid)  # (h, w)
+        arr = as_grid(arr, grid, image_shape, "values")  # (h, w)
     if arr.ndim != 2:
         raise ValueError(f"values must be (h, w) or (h*w,), got shape {arr.shape}")
     if mode not in ("bilinear", "nearest"):
