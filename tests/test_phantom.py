@@ -266,3 +266,34 @@ def test_export_tg3k_and_ddti(tmp_path):
         ph.export(tmp_path / "x", "busi", n=3)
     with pytest.raises(ValueError, match="n must be"):
         ph.export(tmp_path / "y", "ddti", n=0)
+
+
+def test_export_refusal_touches_nothing(tmp_path):
+    """Without overwrite, a layout with one non-empty sub-folder is refused before any folder is
+    created or emptied (all folders are checked first)."""
+    (tmp_path / "test-mask").mkdir()
+    (tmp_path / "test-mask" / "keep.jpg").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="test-mask"):
+        ph.export(tmp_path, "tn3k", n=4, config=ph.PhantomConfig(image_size=64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test-mask"]
+    assert (tmp_path / "test-mask" / "keep.jpg").read_bytes() == b"x"
+
+
+def test_package_modules_share_only_public_names():
+    """The phantom package's modules import each other's public names only (no ``_helper``), each
+    opens with a docstring, and every name callers use is re-exported by the package."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(ph.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        assert ast.get_docstring(tree), f"{path.name} has no module docstring"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ssmt_lib.data.phantom"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports private {private} from {node.module}"
+    used = ("sample", "batch", "gallery", "export", "export_ddti_tirads", "PhantomConfig", "PROFILES",
+            "tirads_points", "tirads_level", "FEATURE_POINTS", "SHAPE_POINTS", "FOCI_POINTS",
+            "ACR_MALIGNANCY_RISK", "VIEW_KINDS", "OVERRIDE_KEYS", "ddti_tirads_category")
+    assert set(used) <= set(ph.__all__) and all(hasattr(ph, name) for name in ph.__all__)

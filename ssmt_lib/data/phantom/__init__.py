@@ -1,4 +1,4 @@
-"""Built-in synthetic thyroid ultrasound ("phantom"): procedural B-mode images with full annotations.
+"""Built-in synthetic thyroid ultrasound ("phantom"): procedural B-mode images, fully annotated.
 
 Every notebook and test runs on this generator, so nothing needs a download. An image is a
 transverse neck scan (patient's right on the image left, skin at the top) of a synthetic patient:

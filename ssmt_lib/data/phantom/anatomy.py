@@ -138,7 +138,8 @@ def nodule_fits(nodule: Nodule, cx: np.ndarray, cy: np.ndarray, patient: Patient
     ok &= (np.hypot(px - ex, py - ey) >= er + 1.5).all(1)
     reach = max(nodule.a, nodule.b) * nodule.outer_radius_factor
     for o in others:
-        ok &= np.hypot(cx - o.cx, cy - o.cy) >= 1.05 * (reach + max(o.a, o.b) * o.outer_radius_factor)
+        other_reach = max(o.a, o.b) * o.outer_radius_factor
+        ok &= np.hypot(cx - o.cx, cy - o.cy) >= 1.05 * (reach + other_reach)
     return ok
 
 
@@ -158,13 +159,13 @@ def draw_patient(rng: np.random.Generator, cfg: PhantomConfig,
         cfg: the case mix (nodule count, size, malignancy risk).
         overrides: per-nodule forced features (sets the count), or None.
     """
-    u = rng.random(40)
+    u = rng.random(40)  # the scalar draws, one fixed-size block so the stream stays aligned
     skin = 1.0 + 0.8 * u[0]
     fat = skin + 1.5 + 3.0 * u[1]
     strap = fat + 2.5 + 3.0 * u[2]
     gland_level = 0.5 + 0.16 * u[3]
     thyroiditis = 0.6 * u[5] if u[4] < 0.15 else 0.0
-    tr = 8.0 + 2.5 * u[6]
+    tr = 8.0 + 2.5 * u[6]  # trachea radius; ty below is the depth of its centre
     cartilage = 1.0 + 0.6 * u[7]
     isthmus = 2.0 + 3.0 * u[8]
     ty = strap + 0.4 + isthmus + cartilage + tr
@@ -289,7 +290,8 @@ def _draw_neck(rng: np.random.Generator, patient: Patient) -> None:
         ja, jb = 3.0 + 3.0 * rng.random(), 1.2 + 3.0 * rng.random()
         jcx = s * max(abs(ccx) + rc * rng.uniform(0.3, 1.0) + ja * 0.5, lateral + gap + ja + 0.5)
         jcy = ccy - rc * rng.uniform(0.2, 1.0)
-        patient.vessels += [Vessel("carotid", ccx, ccy, rc, rc), Vessel("jugular", jcx, jcy, ja, jb)]
+        patient.vessels += [Vessel("carotid", ccx, ccy, rc, rc),
+                            Vessel("jugular", jcx, jcy, ja, jb)]
         patient.sternocleidomastoid.append(Ellipse(
             abs(ccx) * s + s * rng.uniform(0, 4), patient.strap - 1.0 + 2.0 * rng.random(),
             11.0 + 5.0 * rng.random(), 2.5 + 1.5 * rng.random(), s * rng.uniform(0.05, 0.25)))

@@ -54,7 +54,8 @@ def _prepare_folders(folders: Iterable[Path], overwrite: bool, caller: str) -> N
     folders = list(dict.fromkeys(folders))
     full = [d for d in folders if d.exists() and any(d.iterdir())]
     if full and not overwrite:
-        raise FileExistsError(f"{caller}: {full[0]} is not empty; pass overwrite=True to replace it")
+        raise FileExistsError(f"{caller}: {full[0]} is not empty; "
+                              "pass overwrite=True to replace it")
     for d in full:
         shutil.rmtree(d)
     for d in folders:
@@ -161,7 +162,8 @@ def export(root: str | Path, layout: str, n: int, seed: int = 0,
         The root path.
     """
     if layout not in LAYOUT_FOLDERS:
-        raise ValueError(f"export: unknown layout {layout!r}; choose one of {sorted(LAYOUT_FOLDERS)}")
+        raise ValueError(f"export: unknown layout {layout!r}; "
+                         f"choose one of {sorted(LAYOUT_FOLDERS)}")
     _check_n("export", n)
     root = Path(root)
     _prepare_folders([root / sub for sub in LAYOUT_FOLDERS[layout]], overwrite, "export")
@@ -188,7 +190,8 @@ DDTI_SPELLING: dict[str, dict[str, str | tuple[str, ...]]] = {
     "echogenicity": {"anechoic": "anechoic", "hyper_iso": "isoechogenicity",
                      "hypo": "hypoechogenicity", "very_hypo": "marked hypoechogenicity"},
     "margin": {"smooth": "well defined", "ill_defined": ("ill defined", "ill- defined"),
-               "lobulated_irregular": "microlobulated", "extrathyroidal": "extrathyroidal extension"},
+               "lobulated_irregular": "microlobulated",
+               "extrathyroidal": "extrathyroidal extension"},
     "foci": {"none": "non", "comet_tail": "comet tail artifacts",
              "macro": ("macrocalcification", "macrocalcifications"),
              "peripheral": "peripheral calcifications",
@@ -208,7 +211,9 @@ def ddti_tirads_category(points: int) -> str:
     """
     if points < 0:
         raise ValueError(f"TI-RADS points must be >= 0, got {points}")
-    return "2" if points <= 2 else "3" if points == 3 else {4: "4a", 5: "4b", 6: "4c"}.get(points, "5")
+    if points <= 3:
+        return "2" if points <= 2 else "3"
+    return {4: "4a", 5: "4b", 6: "4c"}.get(points, "5")
 
 
 def _mask_polygons(mask: np.ndarray) -> list[dict[str, Any]]:

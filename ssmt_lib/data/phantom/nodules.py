@@ -22,14 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ssmt_lib.data.phantom.tirads import (
-    FEATURE_POINTS,
-    FOCI_POINTS,
-    MARGIN_POINTS,
-    SHAPE_POINTS,
-    tirads_level,
-    tirads_points,
-)
+from ssmt_lib.data.phantom.tirads import FEATURE_POINTS, FOCI_POINTS, MARGIN_POINTS, SHAPE_POINTS
+from ssmt_lib.data.phantom.tirads import tirads_level, tirads_points
 from ssmt_lib.data.phantom.ultrasound import ECHO_FLUID
 
 # Keys a caller may set in ``nodule_overrides`` besides the five scored features.

@@ -128,7 +128,8 @@ def render_trachea(canvas: Canvas, patient: Patient, view: View) -> None:
     echo = canvas.echo[box]
     if patient.lobes:
         sector = -dy - math.cos(patient.isthmus[1]) * d  # > 0 inside the anterior sector
-        m = soft_step(d - cartilage_radius, w) * soft_step(outer - d, w) * soft_step(sector, 2.0 * w)
+        m = (soft_step(d - cartilage_radius, w) * soft_step(outer - d, w)
+             * soft_step(sector, 2.0 * w))
         canvas.gland[box] |= m >= 0.5
         canvas.paint(box, m, patient.gland_level * (1.0 + 0.2 * canvas.noise("fine", box)))
     disc = d < cartilage_radius
@@ -272,7 +273,8 @@ def render_nodule(canvas: Canvas, nodule: Nodule, view: View) -> tuple[Box, np.n
                 if 0 <= row < size and 0 <= col < size:
                     canvas.late_artifacts.append(("dot", col, row, 0.0))
                     if kind == "comet_tail":
-                        canvas.late_artifacts.append(("comet", col, row, max(3.0, 0.35 * radius_px)))
+                        length = max(3.0, 0.35 * radius_px)
+                        canvas.late_artifacts.append(("comet", col, row, length))
     return box, hard
 
 
