@@ -35,6 +35,17 @@ def _leaves(datasets: Sequence[Dataset]) -> list[SegmentationDataset]:
     return out
 
 
+def _training_leaves(datasets: Sequence[Dataset], caller: str, use: str) -> list[SegmentationDataset]:
+    """The leaves of ``datasets``, refusing an empty list and any test split (``use``: for what)."""
+    leaves = _leaves(datasets)
+    if not leaves:
+        raise ValueError(f"{caller}: no datasets given")
+    for ds in leaves:
+        if ds.split == "test":
+            raise ValueError(f"{caller}: {ds.name} split 'test' must never be {use}")
+    return leaves
+
+
 class _KeyedConcat(ConcatDataset):
     """ConcatDataset that keeps only ``ITEM_KEYS`` so items from different sources collate."""
 
@@ -81,12 +92,8 @@ def build_training_set(sources: Sequence[Dataset]) -> MultiTaskDataset:
     Raises:
         ValueError: no sources, a test split, or a source without labels.
     """
-    leaves = _leaves(sources)
-    if not leaves:
-        raise ValueError("build_training_set: no sources given")
+    leaves = _training_leaves(sources, "build_training_set", "trained on")
     for ds in leaves:
-        if ds.split == "test":
-            raise ValueError(f"build_training_set: {ds.name} split 'test' must never be trained on")
         if not (ds.has_nodule or ds.has_gland):
             raise ValueError(f"build_training_set: {ds.name} ({ds.split}) has no labels; "
                              f"use unlabeled_pool for phase 1")
@@ -104,12 +111,7 @@ def unlabeled_pool(datasets: Sequence[Dataset]) -> UnlabeledPool:
         An :class:`UnlabeledPool` whose items have zero masks, ``has_nodule = has_gland = False``
         and ``size = 0``; masks are never decoded.
     """
-    leaves = _leaves(datasets)
-    if not leaves:
-        raise ValueError("unlabeled_pool: no datasets given")
-    for ds in leaves:
-        if ds.split == "test":
-            raise ValueError(f"unlabeled_pool: {ds.name} split 'test' must never be used for pre-training")
+    leaves = _training_leaves(datasets, "unlabeled_pool", "used for pre-training")
     return UnlabeledPool([ds.as_unlabeled() for ds in leaves])
 
 

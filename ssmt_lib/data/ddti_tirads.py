@@ -86,6 +86,7 @@ class TiradsRecord:
 
     @property
     def patient(self) -> str:
+        """The case: ``splitting.fraction_split`` keeps a case's images in one split."""
         return self.case
 
 

@@ -167,6 +167,7 @@ class CaseAnnotation:
 
 
 def _text(root: ET.Element, tag: str) -> str | None:
+    """The stripped text of ``root``'s child ``tag``; None when it is missing or blank."""
     el = root.find(tag)
     if el is None or el.text is None or not el.text.strip():
         return None
