@@ -37,6 +37,16 @@ def _file_dataset(name, split, records, mask_kind, image_size, augment, skip_bad
                        skip_bad, verify, skipped)
 
 
+def _split_file_records(root: Path, split: str, image_dir: str, mask_dir: str, split_file: str,
+                        name: str, prefix: str, skip: Skipper) -> list[Record]:
+    """TRFE-Net's layout (TN3K, TG3K): train/val are picked by the split file's indices into the
+    image folder sorted by integer stem, other splits take the whole folder; masks pair by stem."""
+    folder = images = int_sorted(list_images(root / image_dir))
+    if split in ("train", "val"):
+        images = select_by_split_file(root / split_file, split, folder, skip)
+    return pair_records(images, root / mask_dir, name, prefix, skip, folder_images=folder)
+
+
 def _build_phantom(root, split, fold, image_size, augment, skip_bad, *, n: int = 512, seed: int = 0,
                    profile: Any = "default", channels: int = 3, stitch_prob: float | None = None):
     """The generated phantom; ``n`` samples of the split, ``profile`` a name or a PhantomConfig."""
@@ -58,10 +68,8 @@ def _build_tn3k(root, split, fold, image_size, augment, skip_bad, *, channels: i
         raise ValueError(f"fold must be 0..4 for 'tn3k', got {fold!r}")
     skip = Skipper(skip_bad)
     part = "test" if split == "test" else "trainval"
-    folder = images = int_sorted(list_images(root / f"{part}-image"))
-    if split in ("train", "val"):
-        images = select_by_split_file(root / f"tn3k-trainval-fold{fold}.json", split, folder, skip)
-    records = pair_records(images, root / f"{part}-mask", "tn3k", f"tn3k/{part}", skip, folder_images=folder)
+    records = _split_file_records(root, split, f"{part}-image", f"{part}-mask", f"tn3k-trainval-fold{fold}.json",
+                                  "tn3k", f"tn3k/{part}", skip)
     return _file_dataset("tn3k", split, records, "nodule", image_size, augment, skip_bad, skip.items,
                          channels, stitch_prob, verify)
 
@@ -74,10 +82,8 @@ def _build_tg3k(root, split, fold, image_size, augment, skip_bad, *, channels: i
     if split not in splits:
         raise ValueError(f"unknown split {split!r} for 'tg3k' (it has no test split); choose from {splits}")
     skip = Skipper(skip_bad)
-    folder = images = int_sorted(list_images(root / "thyroid-image"))
-    if split in ("train", "val"):
-        images = select_by_split_file(root / "tg3k-trainval.json", split, folder, skip)
-    records = pair_records(images, root / "thyroid-mask", "tg3k", "tg3k", skip, folder_images=folder)
+    records = _split_file_records(root, split, "thyroid-image", "thyroid-mask", "tg3k-trainval.json",
+                                  "tg3k", "tg3k", skip)
     return _file_dataset("tg3k", split, records, "gland", image_size, augment, skip_bad, skip.items,
                          channels, stitch_prob, verify)
 
