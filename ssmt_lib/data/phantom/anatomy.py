@@ -283,17 +283,19 @@ def _draw_neck(rng: np.random.Generator, patient: Patient) -> None:
         lobe = patient.lobes.get(s) or (s * (tr + patient.cartilage + 6.0),
                                         patient.strap + 0.4 + 8.0, 8.0, 8.0, 0.0)
         lateral = lobe_lateral_extent(lobe)
-        rc = 2.8 + 1.4 * rng.random()
-        gap = 0.8 + 2.0 * rng.random()
+        carotid_r = 2.8 + 1.4 * rng.random()
+        gap = 0.8 + 2.0 * rng.random()  # lobe to carotid wall
         # (outer radius incl. the wall: carotid +1 mm, jugular +0.5 mm, see render.render_vessel)
-        ccx, ccy = s * (lateral + rc + 1.0 + gap), lobe[1] + lobe[3] * rng.uniform(-0.1, 0.4)
-        ja, jb = 3.0 + 3.0 * rng.random(), 1.2 + 3.0 * rng.random()
-        jcx = s * max(abs(ccx) + rc * rng.uniform(0.3, 1.0) + ja * 0.5, lateral + gap + ja + 0.5)
-        jcy = ccy - rc * rng.uniform(0.2, 1.0)
-        patient.vessels += [Vessel("carotid", ccx, ccy, rc, rc),
-                            Vessel("jugular", jcx, jcy, ja, jb)]
+        carotid_x = s * (lateral + carotid_r + 1.0 + gap)
+        carotid_y = lobe[1] + lobe[3] * rng.uniform(-0.1, 0.4)
+        jugular_a, jugular_b = 3.0 + 3.0 * rng.random(), 1.2 + 3.0 * rng.random()
+        jugular_x = s * max(abs(carotid_x) + carotid_r * rng.uniform(0.3, 1.0) + jugular_a * 0.5,
+                            lateral + gap + jugular_a + 0.5)  # lateral to the carotid
+        jugular_y = carotid_y - carotid_r * rng.uniform(0.2, 1.0)  # and a little anterior
+        patient.vessels += [Vessel("carotid", carotid_x, carotid_y, carotid_r, carotid_r),
+                            Vessel("jugular", jugular_x, jugular_y, jugular_a, jugular_b)]
         patient.sternocleidomastoid.append(Ellipse(
-            abs(ccx) * s + s * rng.uniform(0, 4), patient.strap - 1.0 + 2.0 * rng.random(),
+            abs(carotid_x) * s + s * rng.uniform(0, 4), patient.strap - 1.0 + 2.0 * rng.random(),
             11.0 + 5.0 * rng.random(), 2.5 + 1.5 * rng.random(), s * rng.uniform(0.05, 0.25)))
         patient.longus_colli.append(Ellipse(
             s * (tr * 0.8 + 4.0), ty + tr + 3.0 + 2.0 * rng.random(), 6.0 + 2.0 * rng.random(),
@@ -369,8 +371,8 @@ def draw_view(rng: np.random.Generator, patient: Patient, k: int, cfg: PhantomCo
         half = max(abs(v.cx) + v.a for v in patient.vessels) + 2.0
         width, cx = 2 * half * (0.95 + 0.15 * u[2]), (u[3] - 0.5) * 6.0
     elif kind == "lobe" and lobe is not None:
-        rc = max(v.a for v in patient.vessels)
-        width = (2 * lobe.a + 2 * rc + 10.0) * (1.1 + 0.35 * u[2])
+        widest_vessel = max(v.a for v in patient.vessels)
+        width = (2 * lobe.a + 2 * widest_vessel + 10.0) * (1.1 + 0.35 * u[2])
         width = max(width, lobe.cy + lobe.b + 4.0)
         cx = lobe.cx + side * (0.1 + 0.15 * u[3]) * width
     elif kind == "nodule" and main is not None:

@@ -53,7 +53,7 @@ def render_layers(canvas: Canvas, patient: Patient, view: View) -> None:
     if ymax <= 0:
         return
     rows = pixel_centres(size)[:ymax, None]  # (ymax, 1)
-    w = max(0.8, 0.6 * view.px_per_mm)
+    w = max(0.8, 0.6 * view.px_per_mm)  # width of the layer boundaries (px)
     top = (ECHO_DEEP + (ECHO_MUSCLE - ECHO_DEEP) * soft_step(strap - rows, w)
            + (ECHO_FAT - ECHO_MUSCLE) * soft_step(fat - rows, w)
            + (ECHO_SKIN - ECHO_FAT) * soft_step(skin - rows, w))  # (ymax, S)
@@ -91,7 +91,7 @@ def render_gland(canvas: Canvas, patient: Patient, view: View) -> None:
     """Lobes with their capsule. The trachea and oesophagus painters carve their discs out of
     the lobes afterwards (crescent shape) and draw the isthmus."""
     ppm = view.px_per_mm
-    w = max(0.7, 0.35 * ppm)
+    w = max(0.7, 0.35 * ppm)  # width of the lobe boundary (px)
     for lobe in patient.lobes.values():
         cx, cy = view.to_pixel(lobe.cx, lobe.cy)
         a, b = lobe.a * ppm, lobe.b * ppm
@@ -124,14 +124,14 @@ def render_trachea(canvas: Canvas, patient: Patient, view: View) -> None:
     coords = pixel_centres(size)
     dx, dy = (coords[box[1]] - xc)[None, :], (coords[box[0]] - yc)[:, None]
     d = np.sqrt(dx * dx + dy * dy)  # (h, w)
-    w = max(0.8, 0.3 * ppm)
+    w = max(0.8, 0.3 * ppm)  # width of the tracheal boundaries (px)
     echo = canvas.echo[box]
     if patient.lobes:
         sector = -dy - math.cos(patient.isthmus[1]) * d  # > 0 inside the anterior sector
-        m = (soft_step(d - cartilage_radius, w) * soft_step(outer - d, w)
-             * soft_step(sector, 2.0 * w))
-        canvas.gland[box] |= m >= 0.5
-        canvas.paint(box, m, patient.gland_level * (1.0 + 0.2 * canvas.noise("fine", box)))
+        isthmus = (soft_step(d - cartilage_radius, w) * soft_step(outer - d, w)
+                   * soft_step(sector, 2.0 * w))
+        canvas.gland[box] |= isthmus >= 0.5
+        canvas.paint(box, isthmus, patient.gland_level * (1.0 + 0.2 * canvas.noise("fine", box)))
     disc = d < cartilage_radius
     canvas.gland[box] &= ~disc
     echo[disc] = np.where(dy < 0.35 * d, 0.12, ECHO_DEEP)[disc]  # cartilage in front, soft behind
@@ -162,9 +162,9 @@ def render_vessel(canvas: Canvas, view: View, kind: str, cx_mm: float, cy_mm: fl
     lumen_px = math.sqrt(a_mm * b_mm) * ppm
     lumen = r < lumen_px / (lumen_px + wall)  # lumen radius in r units
     canvas.vessel[box] |= r < 1.0
-    m = soft_step((1.0 - r) * (a_mm * ppm + wall), 1.0)
-    level = np.where(lumen, ECHO_FLUID, 0.85 if kind == "carotid" else 0.5)
-    canvas.paint(box, m, level)
+    inside = soft_step((1.0 - r) * (a_mm * ppm + wall), 1.0)
+    level = np.where(lumen, ECHO_FLUID, 0.85 if kind == "carotid" else 0.5)  # lumen, wall
+    canvas.paint(box, inside, level)
     canvas.add_attenuation(box, (ATT_BLOOD * mm_per_px) * lumen)
     # Refraction at the carotid's curved lateral walls: thin shadows straight down from the edges.
     for sx in ((-1, 1) if kind == "carotid" else ()):
@@ -224,7 +224,7 @@ def render_nodule(canvas: Canvas, nodule: Nodule, view: View) -> tuple[Box, np.n
     if not hard.any():
         return None
     edge = (2.0 + 1.5 * n.margin_roughness * 10) * (size / 224.0) if n.blurred else 0.7
-    m = soft_step((1.0 - rough) * radius_px, edge)
+    inside = soft_step((1.0 - rough) * radius_px, edge)
     composition = n.features["composition"]
     solid = n.echo_level * (1.0 + n.heterogeneity * canvas.noise("fine", box))
     if composition == "cystic":
@@ -240,7 +240,7 @@ def render_nodule(canvas: Canvas, nodule: Nodule, view: View) -> tuple[Box, np.n
     level = np.where(fluid, ECHO_FLUID + (0.06 if composition == "spongiform" else 0.0), solid)
     if n.halo:
         level = np.where(rough > 1.0 - max(1.2, 0.7 * ppm) / radius_px, level * 0.25, level)
-    canvas.paint(box, m, level)
+    canvas.paint(box, inside, level)
     canvas.add_attenuation(box, (ATT_FLUID * mm_per_px) * (fluid & hard))
 
     # Echogenic foci (positions in the unit disk of the nodule, same for every view).
