@@ -1,42 +1,20 @@
-"""Multi-head attention you can look at, and the masked cross-attention rule (paper eq. 4-6).
+"""Multi-head attention you can look at (paper eq. 5, Sec. 2.3; the ViT's self-attention too).
 
-``Attention`` computes ``softmax(Q K^T / sqrt(d) + M) V`` (eq. 4-5). With ``fused=True`` it calls
+``Attention`` computes ``softmax(Q K^T / sqrt(d) + M) V``. With ``fused=True`` it calls
 ``F.scaled_dot_product_attention`` (fast, no weights); otherwise it runs the explicit path through
 ``self.softmax`` (an ``nn.Softmax`` submodule), where a forward hook can read the weights.
-``record_attention`` does exactly that for every attention layer of a model, ours and timm's,
-so notebooks never have to edit a model to see inside it.
+:func:`ssmt_lib.recording.record_attention` does exactly that for every attention layer of a
+model, ours and timm's, so notebooks never have to edit a model to see inside it.
 
 Mask convention: a boolean ``allowed`` mask, True = "may attend" (the ``scaled_dot_product_attention``
-convention; ``nn.MultiheadAttention`` uses the opposite). Eq. 6's mask blocks pixels where the
-previous layer's mask prediction is below 0.5. A query whose mask is empty would have a row of
-``-inf`` scores and a NaN softmax, so ``attention_mask_from_logits`` lets such a query attend
-everywhere (Mask2Former's rule).
+convention; ``nn.MultiheadAttention`` uses the opposite). The query decoder's eq. 6 mask comes from
+:func:`ssmt_lib.query_decoder.attention_mask_from_logits`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-
-def attention_mask_from_logits(mask_logits: Tensor, size: tuple[int, int], num_heads: int) -> Tensor:
-    """Eq. 6: the cross-attention mask of the next layer from the current mask prediction.
-
-    Args:
-        mask_logits: (B, N, H, W) query mask logits, at full resolution or already at ``size``.
-        size: (h, w) of the feature level the next layer attends to.
-        num_heads: heads of that layer (the mask is repeated per head).
-
-    Returns:
-        allowed: (B, num_heads, N, h*w) bool, True where the query may attend. Detached.
-    """
-    resized = mask_logits.detach().float()
-    if tuple(resized.shape[-2:]) != tuple(size):
-        resized = F.interpolate(resized, size=size, mode="bilinear", align_corners=False)  # (B, N, h, w)
-    allowed = resized.sigmoid().flatten(2) >= 0.5  # (B, N, h*w)
-    empty = ~allowed.any(dim=-1, keepdim=True)  # (B, N, 1): nothing above 0.5
-    allowed = allowed | empty  # empty-mask rule: attend everywhere instead of NaN
-    return allowed.unsqueeze(1).expand(-1, num_heads, -1, -1)  # (B, heads, N, h*w)
 
 
 class Attention(nn.Module):

@@ -56,6 +56,9 @@ class ModelConfig:
     # --- Transformer query decoder, one per task (paper eq. 4-9) ---
     use_query_decoder: bool = True  # False = CNN decoder output only (TransUNet v1 style)
     masked_attention: bool = True  # eq. 6 masks on cross-attention; False = plain cross-attention
+    # Speed-ups of the query decoder (ssmt_lib.query_decoder_fast): the same numbers as the plain form
+    cross_attention_on_tokens: bool = True  # eq. 5 on the levels' raw tokens: keys and values never formed
+    factored_masks: bool = True  # eq. 4/7 masks kept as factors, formed on the loss grid / eq. 6 level
     num_queries: int = 20  # N learnable queries per task
     query_layers: int = 3  # T decoder layers, one per CNN level (1/8, 1/4, 1/2), coarse to fine
     query_dim: int = 256  # d, query / key width and pixel-embedding width

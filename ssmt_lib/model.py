@@ -1,7 +1,7 @@
 """SSMT-Net: hybrid encoder + dual decoder (nodule, gland) + reconstructor + nodule-size head.
 
     image ──ResNet-50──► F_C (1/16) ─┐ 1x1 proj
-            skips 1/2,1/4,1/8   │    ├─ sum ─► fused (1/16) ─┬─► CNN decoder_t (+skips) ─► aux logits
+            skips 1/2,1/4,1/8   │    ├─ sum ─► F_C+F_T (1/16) ┬─► CNN decoder_t (+skips) ─► aux logits
                                 └ViT► F_T ─┘ 1x1 proj        │      └ levels 1/8,1/4,1/2,1/1 ─► query decoder_t ─► masks, classes
                                  │                           └─► reconstructor (no skips) ─► image   (eq. 11; loss eq. 13)
                                  └─ pooled tokens ─► size MLP ─► nodule area fraction   (eq. 10)
@@ -19,10 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from ssmt_lib.config import TASKS, Config, ModelConfig, make_config
-from ssmt_lib.decoders import CNNDecoder, QueryDecoder, argmax_probabilities, semantic_probabilities
+from ssmt_lib.decoders import CNNDecoder
 from ssmt_lib.embed import EncoderFeatures, HybridEncoder
 from ssmt_lib.heads import SizeHead
 from ssmt_lib.outputs import ModelOutput
+from ssmt_lib.query_decoder import QueryDecoder, argmax_probabilities, semantic_probabilities
+from ssmt_lib.query_decoder_fast import FastQueryDecoder
 from ssmt_lib.recording import record_attention
 
 HEADS = ("nodule", "gland", "recon", "size")
@@ -51,11 +53,16 @@ class SSMTNet(nn.Module):
         self.cnn_decoders = nn.ModuleDict({t: CNNDecoder(cfg.fusion_channels, skips, dc, 1, cfg.decoder_convs) for t in self.tasks})
         self.query_decoders = nn.ModuleDict()
         if cfg.use_query_decoder:
-            for t in self.tasks:
-                self.query_decoders[t] = QueryDecoder(
-                    level_channels=dc[:3], pixel_channels=dc[3], dim=cfg.query_dim, num_heads=cfg.query_heads,
-                    ffn=cfg.query_ffn, mask_dim=cfg.mask_dim, num_queries=cfg.num_queries, num_layers=cfg.query_layers,
-                    num_classes=cfg.num_classes, masked=cfg.masked_attention, fused=cfg.fused_attn)
+            sizes = dict(level_channels=dc[:3], pixel_channels=dc[3], dim=cfg.query_dim, num_heads=cfg.query_heads,
+                         ffn=cfg.query_ffn, mask_dim=cfg.mask_dim, num_queries=cfg.num_queries,
+                         num_layers=cfg.query_layers, num_classes=cfg.num_classes, masked=cfg.masked_attention,
+                         fused=cfg.fused_attn)
+            for t in self.tasks:  # the plain form unless a speed-up is switched on (same parameters)
+                if cfg.cross_attention_on_tokens or cfg.factored_masks:
+                    self.query_decoders[t] = FastQueryDecoder(**sizes, on_tokens=cfg.cross_attention_on_tokens,
+                                                              factored=cfg.factored_masks)
+                else:
+                    self.query_decoders[t] = QueryDecoder(**sizes)
         self.reconstructor = CNNDecoder(cfg.fusion_channels, (), cfg.recon_channels, cfg.in_chans,
                                         cfg.decoder_convs) if cfg.reconstruction else None
         self.size_head = SizeHead(cfg.embed_dim, cfg.size_hidden) if cfg.size else None
@@ -70,13 +77,13 @@ class SSMTNet(nn.Module):
         return self.reconstructor is not None
 
     def forward_features(self, x: Tensor) -> tuple[EncoderFeatures, Tensor]:
-        """Encoder pass (ResNet once, then ViT) and the fused map ``proj(F_C) + proj(F_T)`` (B, C, H/16, W/16)."""
+        """Encoder pass (ResNet once, then ViT) and the merged map ``proj(F_C) + proj(F_T)`` (B, C, H/16, W/16)."""
         feats = self.encoder(x)
         return feats, self.proj_c(feats.f_c) + self.proj_t(feats.f_t)
 
-    def forward_task(self, task: str, feats: EncoderFeatures, fused: Tensor) -> dict[str, Any]:
+    def forward_task(self, task: str, feats: EncoderFeatures, merged: Tensor) -> dict[str, Any]:
         """CNN decoder and (if on) query decoder of one task; returns logits, aux logits, query predictions."""
-        levels, aux = self.cnn_decoders[task](fused, feats.skips[::-1])
+        levels, aux = self.cnn_decoders[task](merged, feats.skips[::-1])
         preds = self.query_decoders[task](levels[:3], levels[3]) if task in self.query_decoders else None
         mode = self.cfg.output_mode
         if preds is None or mode == "cnn":
@@ -107,9 +114,9 @@ class SSMTNet(nn.Module):
                 out = self.forward(x, heads=wanted)
             out.attentions = dict(maps)
             return out
-        feats, fused = self.forward_features(x)
-        # model.decoder_input: the segmentation decoders read F_C + F_T (fused) or F_T alone (TransUNet)
-        seg_in = fused if self.cfg.decoder_input == "fused" else self.proj_t(feats.f_t)
+        feats, merged = self.forward_features(x)  # merged = proj(F_C) + proj(F_T), eq. 11's input
+        # model.decoder_input: the segmentation decoders read F_C + F_T ("fused") or F_T alone (TransUNet)
+        seg_in = merged if self.cfg.decoder_input == "fused" else self.proj_t(feats.f_t)
         out = ModelOutput()
         for task in self.tasks:
             if task in wanted:
@@ -118,7 +125,7 @@ class SSMTNet(nn.Module):
                 setattr(out, f"{task}_aux_logits", r["aux"])
                 setattr(out, f"{task}_queries", r["queries"])
         if "recon" in wanted:
-            out.recon = self.reconstructor(fused)[1]
+            out.recon = self.reconstructor(merged)[1]
         if "size" in wanted:
             out.size = self.size_head(feats.tokens, feats.prefix)
         return out

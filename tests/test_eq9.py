@@ -9,7 +9,7 @@ import torch
 from ssmt_lib import build_model
 from ssmt_lib.config import LossConfig, make_config
 from ssmt_lib.data import PhantomDataset, phantom
-from ssmt_lib.decoders import argmax_probabilities, semantic_probabilities
+from ssmt_lib.query_decoder import argmax_probabilities, semantic_probabilities
 from ssmt_lib.losses import instance_targets, match_queries, task_loss
 from ssmt_lib.outputs import ModelOutput, QueryPrediction
 

@@ -4,12 +4,12 @@ import itertools
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 
 from ssmt_lib import build_model
-from ssmt_lib.attention import Attention, attention_mask_from_logits
+from ssmt_lib.attention import Attention
 from ssmt_lib.config import VARIANTS, make_config
 from ssmt_lib.model import SSMTNet, count_parameters
+from ssmt_lib.query_decoder import attention_mask_from_logits
 from ssmt_lib.recording import record_attention
 
 
@@ -253,156 +253,6 @@ def test_pretrained_weights_from_local_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- cheaper, identical computations
-
-
-@pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("masked", [True, False])
-def test_cross_attention_on_tokens_equals_eq4_as_written(fused, masked):
-    """QueryLayer with key_proj never forms keys/values (queries moved into token space, separable sine
-    positions); the plain path projects the level and adds positions: same values, same grads."""
-    from ssmt_lib.decoders import KeyPositions, QueryLayer
-
-    layer, proj = QueryLayer(32, 4, 64, fused), torch.nn.Conv2d(8, 32, 1)
-    level = torch.randn(2, 8, 6, 5)
-    tokens = level.flatten(2).transpose(1, 2)  # (B, h*w, C_l)
-    p, p_pos = torch.randn(2, 7, 32), torch.randn(1, 7, 32)
-    pos = KeyPositions(6, 5, torch.randn(32, requires_grad=True))
-    allowed = None
-    if masked:
-        allowed = torch.rand(2, 4, 7, 30) > 0.3
-        allowed[..., 0] = True  # no empty row
-    params = [proj.weight, proj.bias, layer.cross_attn.q.weight, layer.cross_attn.k.weight, layer.cross_attn.k.bias,
-              layer.cross_attn.v.weight, layer.cross_attn.v.bias, pos.level]
-    plain = layer(p, p_pos, proj(level).flatten(2).transpose(1, 2), pos.dense(), allowed)
-    grads_plain = torch.autograd.grad(plain.square().sum(), params)
-    on_tokens = layer(p, p_pos, tokens, pos, allowed, key_proj=proj)
-    grads_tokens = torch.autograd.grad(on_tokens.square().sum(), params)
-    torch.testing.assert_close(on_tokens, plain, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads_tokens, grads_plain):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    # the level embedding and the key bias shift every score of a query alike: softmax ignores them
-    assert grads_plain[-1].abs().max() < 1e-5 and grads_plain[4].abs().max() < 1e-5
-    with pytest.raises(TypeError, match="KeyPositions"):
-        layer(p, p_pos, tokens, pos.dense(), allowed, key_proj=proj)
-    with pytest.raises(TypeError, match="key is value"):
-        layer.cross_attn(p, tokens, tokens.clone(), allowed, key_proj=proj, key_pos=pos)
-
-
-def test_cross_attention_on_tokens_is_recorded():
-    from ssmt_lib.decoders import KeyPositions, QueryLayer
-
-    layer, proj = QueryLayer(16, 2, 32, True), torch.nn.Conv2d(8, 16, 1)
-    tokens, pos = torch.randn(1, 12, 8), KeyPositions(3, 4, torch.randn(16))
-    with record_attention(layer) as maps:
-        layer(torch.randn(1, 5, 16), torch.randn(1, 5, 16), tokens, pos, None, key_proj=proj)
-    weights = maps["cross_attn"]
-    assert weights.shape == (1, 2, 5, 12)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2, 5))
-
-
-@pytest.mark.parametrize("shift", [None, "random"])
-def test_separable_key_positions_equal_the_dense_projection(shift):
-    """rows[i] + cols[j] + const from KeyPositions.projected_parts equals linear(sine grid + level + shift), grads too."""
-    from ssmt_lib.decoders import KeyPositions, sine_position_embedding
-
-    level = torch.randn(16, requires_grad=True)
-    linear = torch.nn.Linear(16, 24)
-    b = torch.randn(16) if shift else None
-    pos = KeyPositions(5, 7, level)
-    dense = pos.dense()
-    torch.testing.assert_close(dense, (sine_position_embedding(5, 7, 16) + level)[None])
-    expected = linear(dense + (0 if b is None else b))  # (1, 35, 24)
-    rows, cols, const = pos.projected_parts(linear, shift=b)
-    got = (rows[:, None] + cols[None] + const).reshape(1, 35, 24)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    weights = torch.randn_like(expected)
-    g_expected = torch.autograd.grad((expected * weights).sum(), [linear.weight, linear.bias, level])
-    g_got = torch.autograd.grad((got * weights).sum(), [linear.weight, linear.bias, level])
-    for a, e in zip(g_got, g_expected):
-        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
-
-
-def test_query_masks_equal_eq7_with_the_pixel_embedding_formed():
-    """predict() moves the 1x1 pixel projection onto the queries; Z must equal MLP(LN(P)) . (W_p F + b_p)."""
-    model = build_model("tiny", image_size=32, mask_dim=12)  # mask_dim != pixel channels
-    qd = model.query_decoders["nodule"]
-    torch.nn.init.normal_(qd.pixel_proj.bias)
-    p, pixel = torch.randn(2, qd.query_feat.num_embeddings, qd.norm.normalized_shape[0]), torch.randn(2, 8, 32, 32)
-    pred = qd.predict(p, pixel)
-    expected = torch.einsum("bnc,bchw->bnhw", qd.mask_mlp(qd.norm(p)), qd.pixel_proj(pixel))
-    torch.testing.assert_close(pred.mask_logits, expected, rtol=1e-5, atol=1e-5)
-    size = (8, 8)
-    torch.testing.assert_close(pred.mask_logits_resized(size), F.interpolate(expected, size=size, mode="bilinear"),
-                               rtol=1e-5, atol=1e-5)
-    from ssmt_lib.outputs import QueryPrediction, predictions_on_grid
-
-    (on_grid,) = predictions_on_grid([pred], 2, (1, 0))
-    torch.testing.assert_close(on_grid.mask_logits, expected[..., 1::2, 0::2], rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="mask_bias"):
-        QueryPrediction(pred.class_logits, mask_embed=pred.mask_embed, pixel_embed=pixel, mask_bias=torch.zeros(2))
-
-
-def test_batch_norm_in_nchw_on_cpu_matches_torch():
-    """decoders.BatchNorm2d runs channels_last input in NCHW: same output, stats, grads; output stays channels_last."""
-    from ssmt_lib.decoders import BatchNorm2d
-
-    ours, ref = BatchNorm2d(6), torch.nn.BatchNorm2d(6)
-    x = torch.randn(4, 6, 9, 7).contiguous(memory_format=torch.channels_last)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = ours(xa), ref(xb)
-    assert ya.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(ya, yb)
-    torch.testing.assert_close(ours.running_mean, ref.running_mean)
-    torch.testing.assert_close(ours.running_var, ref.running_var)
-    w = torch.randn_like(ya)
-    (ya * w).sum().backward()
-    (yb * w).sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad)
-    assert ours.state_dict().keys() == ref.state_dict().keys()
-
-
-def test_factored_masks_equal_full_masks_sampled_and_resized():
-    from ssmt_lib.outputs import QueryPrediction, predictions_on_grid
-
-    mask_embed, pixel_embed = torch.randn(2, 5, 8), torch.randn(2, 8, 32, 32)
-    factored = QueryPrediction(torch.randn(2, 5, 2), mask_embed=mask_embed, pixel_embed=pixel_embed)
-    full = torch.einsum("bnd,bdhw->bnhw", mask_embed, pixel_embed)
-    ready = QueryPrediction(factored.class_logits, full)
-    for stride, offset in ((1, (0, 0)), (2, (1, 0)), (3, (2, 1))):
-        a, b = predictions_on_grid([factored, ready], stride, offset)
-        torch.testing.assert_close(a.mask_logits, full[..., offset[0]::stride, offset[1]::stride], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(b.mask_logits, a.mask_logits, rtol=1e-5, atol=1e-5)
-    for size in ((16, 16), (8, 8), (4, 4)):  # bilinear resizing is linear, so it commutes with eq. 7
-        expected = F.interpolate(full, size=size, mode="bilinear", align_corners=False)
-        torch.testing.assert_close(factored.mask_logits_resized(size), expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(factored.mask_logits, full)
-    with pytest.raises(ValueError, match="either mask_logits or both"):
-        QueryPrediction(factored.class_logits, full, mask_embed=mask_embed, pixel_embed=pixel_embed)
-    with pytest.raises(ValueError, match="either mask_logits or both"):
-        QueryPrediction(factored.class_logits, mask_embed=mask_embed)
-    with pytest.raises(ValueError, match="does not fit"):
-        QueryPrediction(factored.class_logits, mask_embed=mask_embed, pixel_embed=pixel_embed[:, :4])
-    with pytest.raises(ValueError, match="offset"):
-        predictions_on_grid([factored], 2, (2, 0))
-
-
-def test_training_step_forms_only_the_reported_full_resolution_masks():
-    """Intermediate predictions reach the loss on the pixel grid; only the last one is formed in full (reported map)."""
-    from ssmt_lib.data import build_dataset
-    from ssmt_lib.losses import total_loss
-
-    cfg = make_config("tiny", image_size=64, points=256)  # 64x64 -> stride 4 grid
-    model = build_model(config=cfg)
-    ds = build_dataset("phantom", split="train", n=2, image_size=64)
-    batch = torch.utils.data.default_collate([ds[0], ds[1]])
-    out = model(batch["image"])
-    loss, _ = total_loss(out, batch, cfg.loss)
-    loss.backward()
-    for task in ("nodule", "gland"):
-        preds = out.queries(task)
-        assert all(p._mask_logits is None for p in preds[:-1])
-        assert preds[-1]._mask_logits is not None
-    assert all(p.grad is not None for n, p in model.named_parameters() if "query_decoders" in n and "class_head" not in n)
 
 
 def test_paper_switches_class_token_and_decoder_input():

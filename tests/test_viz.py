@@ -8,7 +8,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ssmt_lib import build_model
-from ssmt_lib.attention import attention_mask_from_logits
+from ssmt_lib.query_decoder import attention_mask_from_logits
 from ssmt_lib.viz import (
     attention_rollout,
     level_grid,

@@ -6,12 +6,11 @@ import torch
 from matplotlib.figure import Figure
 
 from ssmt_lib import build_model
-from ssmt_lib.attention import attention_mask_from_logits
+from ssmt_lib.query_decoder import attention_mask_from_logits
 from ssmt_lib.viz.maps import (
     AttentionRecording,
     attention_mass,
     collect_attention,
-    eq6_region,
     find_failure_cases,
     show_attention_explorer,
     show_cross_attention,
@@ -86,20 +85,6 @@ def test_attention_mass_counts_weight_inside_the_region():
     torch.testing.assert_close(attention_mass(uniform, region), torch.full((3,), 0.25))
     with pytest.raises(ValueError, match="keys"):
         attention_mass(torch.ones(5), region, grid=(2, 2))
-
-
-def test_eq6_region_matches_library_and_shrinks_with_threshold():
-    torch.manual_seed(1)
-    logits = torch.randn(2, 3, 16, 16) * 3
-    logits[0, 1] = -10  # an empty mask
-    at_half = eq6_region(logits, (4, 4))
-    assert torch.equal(at_half, attention_mask_from_logits(logits, (4, 4), 2)[:, 0])
-    assert at_half[0, 1].all()  # empty-mask rule
-    strict = eq6_region(logits, (4, 4), threshold=0.9)
-    kept = ~strict.all(-1)  # rows where the empty-mask rule did not fire at 0.9
-    assert kept.any() and (strict[kept] <= at_half[kept]).all()  # a higher threshold keeps a subset
-    with pytest.raises(ValueError, match="threshold"):
-        eq6_region(logits, (4, 4), threshold=1.0)
 
 
 def test_find_failure_cases_flags_vessel_hits_and_missed_small_nodules():

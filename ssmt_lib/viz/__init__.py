@@ -36,7 +36,6 @@ from ssmt_lib.viz.maps import (
     AttentionRecording,
     attention_mass,
     collect_attention,
-    eq6_region,
     find_failure_cases,
     show_attention_explorer,
     show_cross_attention,
@@ -71,6 +70,6 @@ __all__ = [
     "speckle_view", "grad_cam", "occlusion_map", "show_cam",
     "LOSS_TERMS", "compare_runs", "history_frame", "metrics_table", "plot_history", "show_predictions",
     "show_reconstructions",
-    "AttentionRecording", "attention_mass", "collect_attention", "eq6_region", "find_failure_cases",
+    "AttentionRecording", "attention_mass", "collect_attention", "find_failure_cases",
     "show_attention_explorer", "show_cross_attention", "show_failure_cases", "show_vit_attention", "upsample_map",
 ]

@@ -30,6 +30,7 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from ssmt_lib.data import denormalize
+from ssmt_lib.query_decoder import attention_mask_from_logits
 from ssmt_lib.recording import record_attention_masks
 from ssmt_lib.viz.attention import attention_rollout, query_attention, vit_attention
 from ssmt_lib.viz.common import (
@@ -44,7 +45,7 @@ from ssmt_lib.viz.common import (
 )
 
 __all__ = [
-    "AttentionRecording", "collect_attention", "upsample_map", "attention_mass", "eq6_region",
+    "AttentionRecording", "collect_attention", "upsample_map", "attention_mass",
     "find_failure_cases", "show_vit_attention", "show_cross_attention", "show_attention_explorer",
     "show_failure_cases",
 ]
@@ -179,29 +180,6 @@ def attention_mass(weights: Tensor, region: ArrayLike, grid: tuple[int, int] | N
         raise ValueError(f"weights have {weights.shape[-1]} keys, not grid {(h, w)}")
     share = F.interpolate(reg[None, None], size=(h, w), mode="area").flatten()  # (h*w,) region share per cell
     return (weights.float() * share.to(weights.device)).sum(-1)
-
-
-def eq6_region(mask_logits: Tensor, size: tuple[int, int], threshold: float = 0.5) -> Tensor:
-    """Eq. 6's allowed region at any threshold (the model uses 0.5), with the empty-mask rule.
-
-    At ``threshold=0.5`` this equals one head of :func:`ssmt_lib.attention.attention_mask_from_logits`.
-
-    Args:
-        mask_logits: (..., H, W) mask logits of the previous prediction.
-        size: (h, w) of the level the next layer attends to.
-        threshold: probability a position needs to stay visible.
-
-    Returns:
-        (..., h*w) bool, True = may attend; an empty row becomes all True.
-    """
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    lead = mask_logits.shape[:-2]
-    flat = mask_logits.detach().float().reshape(-1, 1, *mask_logits.shape[-2:])  # (n, 1, H, W)
-    resized = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)  # (n, 1, h, w)
-    allowed = resized.sigmoid().flatten(1) >= threshold  # (n, h*w)
-    allowed |= ~allowed.any(-1, keepdim=True)  # empty mask: attend everywhere
-    return allowed.reshape(*lead, -1)  # (..., h*w)
 
 
 def find_failure_cases(predicted: ArrayLike, truth: ArrayLike, vessels: ArrayLike, ids: Sequence[str] | None = None,
@@ -408,7 +386,8 @@ def show_attention_explorer(rec: AttentionRecording, index: int = 0, layer: int 
     shape, grid = img.shape[:2], rec.level_sizes[ti]
     before = to_numpy(rec.mask_logits[ti][index, query].sigmoid())  # (H, W) sigmoid(Z_{t-1})
     after = to_numpy(rec.mask_logits[ti + 1][index, query].sigmoid())  # (H, W) sigmoid(Z_t)
-    region = eq6_region(rec.mask_logits[ti][index, query], grid, threshold).float()  # (h*w,)
+    z_prev = rec.mask_logits[ti][index, query][None, None]  # (1, 1, H, W)
+    region = attention_mask_from_logits(z_prev, grid, threshold=threshold)[0, 0, 0].float()  # (h*w,) eq. 6
     row = _heads(rec.cross[ti][index], head)[query]  # (h*w,)
     pred = to_numpy(rec.logits[index, 0].sigmoid()) >= threshold  # (H, W)
     fig, axes = panel_grid(1, 5, panel=2.3)
