@@ -185,7 +185,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _workbook(args: argparse.Namespace) -> int:
-    from ssmt_lib.experiments import run_workbook
+    from ssmt_lib.notebook_runner import run_workbook
 
     run_workbook(names=args.notebooks or None)
     return 0

@@ -13,15 +13,14 @@ import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
 from ssmt_lib.experiments import (
-    SweepError,
     aggregate,
     trivial_flag,
     collect,
     load_sweep,
     mean_std,
-    notebook_parameters,
     run_sweep,
 )
+from ssmt_lib.notebook_runner import SweepError, notebook_parameters
 
 PARAMS = """x: int = 1  # the number a point reports
 seed: int = 0  # seed
@@ -230,7 +229,7 @@ def test_only_a_kernel_that_dies_while_starting_is_started_again(dummy, tmp_path
                                                                  calls_expected, succeeds):
     import papermill
 
-    from ssmt_lib import experiments
+    from ssmt_lib import notebook_runner
 
     real, calls = papermill.execute_notebook, []
 
@@ -241,13 +240,13 @@ def test_only_a_kernel_that_dies_while_starting_is_started_again(dummy, tmp_path
         return real(*args, **kwargs)
 
     monkeypatch.setattr(papermill, "execute_notebook", flaky)
-    assert experiments.KERNEL_START_ATTEMPTS == 3
+    assert notebook_runner.KERNEL_START_ATTEMPTS == 3
     if succeeds:
-        out = experiments.run_notebook(dummy, tmp_path / "run", {"x": 1})
+        out = notebook_runner.run_notebook(dummy, tmp_path / "run", {"x": 1})
         assert out.exists() and (tmp_path / "run" / "metrics.json").exists()
     else:
         with pytest.raises(SweepError, match=message):
-            experiments.run_notebook(dummy, tmp_path / "run", {"x": 1})
+            notebook_runner.run_notebook(dummy, tmp_path / "run", {"x": 1})
     assert len(calls) == calls_expected
 
 

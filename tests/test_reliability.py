@@ -23,12 +23,13 @@ from nbformat.v4 import new_code_cell, new_notebook
 from PIL import Image
 
 import ssmt_lib.train as train_module
-from ssmt_lib import experiments
+from ssmt_lib import notebook_runner
 from ssmt_lib.__main__ import _parse_sets, main
 from ssmt_lib.config import make_config
 from ssmt_lib.data import DatasetError, build_dataset, read_mask
 from ssmt_lib.data.reading import MaskWarning
-from ssmt_lib.experiments import SweepError, load_sweep, run_sweep, run_workbook
+from ssmt_lib.experiments import load_sweep, run_sweep
+from ssmt_lib.notebook_runner import SweepError, run_workbook
 from ssmt_lib.resume import ResumeError
 from ssmt_lib.runlock import LOCK_NAME, RunLock, RunLockedError
 from ssmt_lib.train import NonFiniteLossError, fit, load_checkpoint, model_from_checkpoint
@@ -395,7 +396,7 @@ if n <= {hangs}:
 
 
 def test_workbook_cells_time_out_restart_once_then_fail(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "NOTEBOOKS", tmp_path / "nbs")
+    monkeypatch.setattr(notebook_runner, "NOTEBOOKS", tmp_path / "nbs")
     (tmp_path / "nbs").mkdir()
     for name, hangs in (("10_flaky", 1), ("11_stuck", 99)):
         _notebook(tmp_path / "nbs" / f"{name}.ipynb", 'run_dir: str = ""  # output folder',
