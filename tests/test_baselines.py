@@ -10,7 +10,6 @@ import torch
 from ssmt_lib.baselines import (
     ALIASES,
     BASELINE_NAMES,
-    TRFE_GLAND_WEIGHT,
     BaselineConfig,
     build_baseline,
     build_from_config,
@@ -18,6 +17,7 @@ from ssmt_lib.baselines import (
     make_baseline_config,
 )
 from ssmt_lib.outputs import ModelOutput
+from ssmt_lib.trfe import TRFE_GLAND_WEIGHT
 
 ALL_NAMES = list(BASELINE_NAMES) + list(ALIASES)
 OTHER_FIELDS = ("recon", "size", "nodule_aux_logits", "gland_aux_logits", "nodule_queries", "gland_queries")
