@@ -13,6 +13,9 @@
   (with its range), so drift of the machine hits both sides of a ratio alike. Also with the
   reported maps only, and the same ratio in FLOPs (``torch.utils.flop_counter``), which does not
   depend on the machine.
+- query_decoder: the gain of each speed-up of ``ssmt_lib.query_decoder_fast`` (cross-attention on raw
+  tokens, factored masks, both) over the plain query decoder: a training step's forward + loss +
+  backward for the tiny and the paper preset, one thread, the forms timed alternately.
 - train_loop: ``fit`` on the phantom for one epoch, data loading included, images/s.
 - gpu (only when CUDA is present): paper training images/s and peak memory at batch 32, with and
   without bf16 autocast + fused attention.
@@ -146,6 +149,46 @@ def bench_paper_ratio(batch_size: int = 2, rounds: int = 5, device: str = "cpu")
             "rounds": rounds, "batch_size": batch_size, "device": device, "goal": 1.6}
 
 
+QUERY_DECODER_FORMS = {  # ModelConfig switches of ssmt_lib.query_decoder_fast
+    "plain": {"cross_attention_on_tokens": False, "factored_masks": False},
+    "tokens": {"cross_attention_on_tokens": True, "factored_masks": False},
+    "factored": {"cross_attention_on_tokens": False, "factored_masks": True},
+    "both": {"cross_attention_on_tokens": True, "factored_masks": True},
+}
+
+
+def bench_query_decoder(presets: tuple[str, ...] = ("tiny", "paper"), threads: int = 1) -> dict:
+    """Each query-decoder speed-up's gain: forward + eq. 12 loss + backward, plain form vs switched on.
+
+    The four forms share their initial weights and are timed one after another in every round
+    (median over rounds), so drift of the machine hits all alike. tiny: 128 px, batch 8, 15 rounds;
+    paper: 224 px, batch 2, 4 rounds.
+    """
+    from ssmt_lib.config import make_config
+    from ssmt_lib.losses import total_loss
+    from ssmt_lib.model import build_model
+
+    torch.set_num_threads(threads)
+    report = {}
+    for preset in presets:
+        size, batch_size, rounds = (128, 8, 15) if preset == "tiny" else (224, 2, 4)
+        batch = _batch(batch_size, size)
+        steps = {}
+        for form, switches in QUERY_DECODER_FORMS.items():
+            torch.manual_seed(0)
+            cfg = make_config(preset, image_size=size, **switches)
+            model = build_model(config=cfg)
+
+            def step(model=model, cfg=cfg):
+                total_loss(model(batch["image"]), batch, cfg.loss)[0].backward()
+
+            steps[form] = step
+        times = {k: statistics.median(v) for k, v in _paired_rounds(steps, rounds).items()}
+        report[preset] = {"step_s": times, "gain_vs_plain": {k: times["plain"] / v for k, v in times.items()},
+                          "batch_size": batch_size, "image_size": size, "rounds": rounds, "threads": threads}
+    return report
+
+
 def bench_train_loop(phantom_n: int = 64, threads: int = 2) -> dict:
     from ssmt_lib.config import make_config
     from ssmt_lib.train import fit
@@ -195,10 +238,11 @@ def bench_gpu(batch_size: int = 32, steps: int = 10) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", choices=["phantom", "tiny_step", "paper_ratio", "train_loop", "gpu"])
+    parser.add_argument("--only", nargs="*",
+                        choices=["phantom", "tiny_step", "paper_ratio", "query_decoder", "train_loop", "gpu"])
     args = parser.parse_args(argv)
     benches = {"phantom": bench_phantom, "tiny_step": bench_tiny_step, "paper_ratio": bench_paper_ratio,
-               "train_loop": bench_train_loop}
+               "query_decoder": bench_query_decoder, "train_loop": bench_train_loop}
     if torch.cuda.is_available():
         benches["gpu"] = bench_gpu
     report = {"torch": torch.__version__, "cpu_threads_available": torch.get_num_threads()}
