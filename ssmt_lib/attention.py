@@ -12,7 +12,6 @@ convention; ``nn.MultiheadAttention`` uses the opposite). The query decoder's eq
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from ssmt_lib.config import TASKS, Config, ModelConfig, make_config
+from ssmt_lib.config import Config, ModelConfig, make_config
 from ssmt_lib.decoders import CNNDecoder
 from ssmt_lib.embed import EncoderFeatures, HybridEncoder
 from ssmt_lib.heads import SizeHead

@@ -10,7 +10,8 @@ from ssmt_lib import build_model
 from ssmt_lib.config import LossConfig, make_config
 from ssmt_lib.data import PhantomDataset, phantom
 from ssmt_lib.query_decoder import argmax_probabilities, semantic_probabilities
-from ssmt_lib.losses import instance_targets, match_queries, task_loss
+from ssmt_lib.losses import task_loss
+from ssmt_lib.matching import instance_targets, match_queries
 from ssmt_lib.outputs import ModelOutput, QueryPrediction
 
 S = 64

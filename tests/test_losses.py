@@ -15,12 +15,12 @@ from ssmt_lib.losses import (
     charbonnier_loss,
     dice_loss,
     mask_classification_loss,
-    match_queries,
     query_loss,
     size_loss,
     task_loss,
     total_loss,
 )
+from ssmt_lib.matching import match_queries
 from ssmt_lib.outputs import ModelOutput, QueryPrediction, predictions_on_grid
 
 H = W = 16
