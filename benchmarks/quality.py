@@ -30,7 +30,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssmt_lib.config import make_config  # noqa: E402
-from ssmt_lib.train import fit, jsonable  # noqa: E402
+from ssmt_lib.evaluation import jsonable  # noqa: E402
+from ssmt_lib.train import fit  # noqa: E402
 
 MODELS = {"ssmt": None, "unet": "unet"}  # label -> fit's model_name (None = SSMT-Net of the preset)
 

@@ -46,7 +46,9 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     from ssmt_lib.config import make_config
-    from ssmt_lib.train import is_main_process, jsonable, fit
+    from ssmt_lib.distributed import is_main_process
+    from ssmt_lib.evaluation import jsonable
+    from ssmt_lib.train import fit
 
     overrides = _parse_sets(args.set)
     if args.epochs is not None:
@@ -88,7 +90,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _train_classifier(args: argparse.Namespace, cfg: Any) -> int:
     """``train --task classify``: a benign/malignant classifier (ssmt_lib.train_classify)."""
-    from ssmt_lib.train import fit, jsonable
+    from ssmt_lib.evaluation import jsonable
+    from ssmt_lib.train import fit
 
     if args.unlabeled_dir is not None or args.fold != 0 or args.epochs_pretrain is not None:
         raise SystemExit("--unlabeled-dir, --fold and --epochs-pretrain apply to segmentation, not to --task classify")
@@ -108,7 +111,8 @@ def _train_classifier(args: argparse.Namespace, cfg: Any) -> int:
 def _evaluate_classifier(args: argparse.Namespace, model: Any, cfg: Any, ckpt: dict, device: Any) -> int:
     """``evaluate`` on a classifier checkpoint: the classification metrics JSON with the majority reference."""
     from ssmt_lib.resume import checkpoint_evaluation_data
-    from ssmt_lib.train import jsonable, make_loader
+    from ssmt_lib.evaluation import jsonable
+    from ssmt_lib.loaders import make_loader
     from ssmt_lib.train_classify import classification_data, evaluate_classifier
 
     settings = checkpoint_evaluation_data(args, ckpt, classification_data, "classifier")
@@ -127,7 +131,8 @@ def _evaluate_classifier(args: argparse.Namespace, model: Any, cfg: Any, ckpt: d
 def _predict(args: argparse.Namespace) -> int:
     """``predict``: the two-stage pipeline (classify, then segment) on an image folder."""
     from ssmt_lib.pipeline import TwoStagePipeline
-    from ssmt_lib.train import default_device, jsonable
+    from ssmt_lib.distributed import default_device
+    from ssmt_lib.evaluation import jsonable
 
     pipe = TwoStagePipeline.from_checkpoints(args.classifier, args.segmenter, device=default_device(),
                                              threshold=args.threshold)
@@ -138,7 +143,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ssmt_lib.resume import data_settings, evaluation_data
-    from ssmt_lib.train import jsonable, build_data, default_device, evaluate, make_loader, model_from_checkpoint
+    from ssmt_lib.checkpoints import model_from_checkpoint
+    from ssmt_lib.distributed import default_device
+    from ssmt_lib.evaluation import evaluate, jsonable
+    from ssmt_lib.loaders import build_data, make_loader
 
     device = default_device()
     model, cfg, ckpt = model_from_checkpoint(args.checkpoint, device)

@@ -71,7 +71,7 @@ class TwoStagePipeline:
     def from_checkpoints(cls, classifier: str | Path, segmenter: str | Path, device: torch.device | str = "cpu",
                          threshold: float = 0.5) -> "TwoStagePipeline":
         """Load both stages from ``best.pt`` files, refusing a checkpoint of the wrong kind."""
-        from ssmt_lib.train import model_from_checkpoint
+        from ssmt_lib.checkpoints import model_from_checkpoint
 
         cls_model, cls_cfg, cls_ckpt = model_from_checkpoint(classifier, device)
         if cls_ckpt.get("task") != "classify":

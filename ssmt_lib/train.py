@@ -1,4 +1,6 @@
-"""Two-phase training of SSMT-Net (paper Sec. 2.6; settings Sec. 3.1), evaluation and checkpoints.
+"""Two-phase training of SSMT-Net: :func:`fit` and its epoch loop (Farooq et al., *Anatomy-Guided
+Representation Learning Using a Transformer-Based Network for Thyroid Nodule Segmentation in
+Ultrasound Images*, Sec. 2.6; settings Sec. 3.1).
 
 Phase 1 (unsupervised): only the reconstruction path (encoder + fusion + reconstructor) trains, on
 the unlabeled pool (every training image of every set, never test images), with the Charbonnier
@@ -15,7 +17,10 @@ A non-finite loss stops training with :class:`NonFiniteLossError`; the last good
 and no checkpoint is written unless every weight and optimizer-state tensor is finite. A run holds
 a lock on its folder (``ssmt_lib.runlock``); a resume is checked against the checkpoint's config and
 data settings, and only extending ``train.epochs`` (or a few settings that change no weight) is
-allowed (``ssmt_lib.resume``).
+allowed (``ssmt_lib.resume``). The pieces live beside this module: the run's datasets and loaders
+in :mod:`ssmt_lib.loaders`, checkpoints and RNG state in :mod:`ssmt_lib.checkpoints`, scoring and
+the result files in :mod:`ssmt_lib.evaluation`, device, seeds and DDP helpers in
+:mod:`ssmt_lib.distributed`.
 
 GPU path: bf16 autocast, SDPA attention (the default whenever no weights are recorded),
 channels_last, fused Adam, pinned-memory workers, and DistributedDataParallel under ``torchrun``:
@@ -25,186 +30,37 @@ loaders are never sharded), and ``train.sync_batchnorm`` turns on SyncBatchNorm 
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-import pickle
-import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from ssmt_lib.config import Config, from_dict, to_dict
+from ssmt_lib.checkpoints import (BEST, CHECKPOINT, checkpoint_state, gather_rng_states, load_checkpoint, load_weights,
+                                  model_from_checkpoint, rank_rng_state, save_checkpoint, set_rng_state)
+from ssmt_lib.config import Config, to_dict
+from ssmt_lib.distributed import (RANK_SEED_STRIDE, RankZeroClock, default_device, is_main_process,
+                                  seed_everything)
+from ssmt_lib.evaluation import evaluate, write_history, write_metrics
+from ssmt_lib.evaluation import jsonable  # noqa: F401  re-exported: notebooks import it from here
+from ssmt_lib.loaders import build_data, make_loader, to_device
 from ssmt_lib.losses import total_loss
-from ssmt_lib.metrics import ReferenceMeter, SegmentationMeter
 from ssmt_lib.model import build_model
 from ssmt_lib.resume import check_resume, data_settings, non_finite_state, reopened_position
 from ssmt_lib.runlock import locks_run_folder
 from ssmt_lib.schedule import BudgetCosine
 
-CHECKPOINT = "last.pt"
-BEST = "best.pt"
-
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a training loss is NaN or infinite; the last good checkpoint is kept."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def default_device() -> torch.device:
-    """CUDA (this process's local rank under torchrun) when available, else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-# ----------------------------------------------------------------------------------------------
-# data
-
-
-def build_data(data: str = "phantom", data_root: str | Path | None = None, image_size: int = 128, fold: int = 0,
-               phantom_n: int = 256, phantom_profile: str = "default", unlabeled_dir: str | Path | None = None,
-               seed: int = 0, label_fraction: float = 1.0, intensity_aug: bool = True) -> dict[str, Dataset]:
-    """Datasets of one run: ``train`` (multi-task, augmented), ``val``, ``test``, ``unlabeled`` (phase 1).
-
-    Args:
-        data: "phantom", one file set ("tn3k", "tg3k", "ddti") or several joined by "+" ("tn3k+tg3k",
-            the paper's setting: nodule images and gland images in one training set). The first set
-            with nodule masks provides ``val`` and ``test``.
-        data_root: the set's folder (one set) or the parent of ``tn3k/``, ``tg3k/`` ... (several).
-        image_size: training/eval side in pixels.
-        fold: TN3K fold.
-        phantom_n: phantom training images (val and test get a quarter each).
-        phantom_profile: phantom scanner profile name.
-        unlabeled_dir: optional extra folder of unlabeled images for phase 1.
-        seed: phantom seed and seed of the labelled subset.
-        label_fraction: keep the masks of this share of training images (a seeded subset); all of
-            them stay in the phase-1 pool.
-        intensity_aug: the brightness/contrast and gamma jitter of ``train_transform`` (beyond the
-            paper, whose Sec. 3.1 lists flipping, rotation, zoom-out and stitching); False drops it.
-    """
-    from ssmt_lib.data import DATASET_NAMES, build_dataset, build_training_set, unlabeled_pool
-
-    names = [n.strip() for n in data.split("+") if n.strip()]
-    if not names:
-        raise ValueError(f"data={data!r} names no dataset")
-    known = [n for n in DATASET_NAMES if n != "unlabeled"]  # "unlabeled" images come in as unlabeled_dir
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"unknown dataset {unknown[0]!r} in data={data!r}; choose from {known} "
-                         f"(several joined by '+', e.g. 'tn3k+tg3k')")
-    train_sets, evals = [], {}
-    for name in names:
-        if name == "phantom":
-            kw = dict(image_size=image_size, seed=seed, profile=phantom_profile)
-            train_sets.append(build_dataset("phantom", split="train", n=phantom_n, augment=True, **kw))
-            if not evals:
-                evals = {s: build_dataset("phantom", split=s, n=max(phantom_n // 4, 8), **kw) for s in ("val", "test")}
-            continue
-        if data_root is None:
-            raise ValueError(f"data={data!r} needs data_root (the folder holding {name})")
-        root = Path(data_root) / name if len(names) > 1 else Path(data_root)
-        train_sets.append(build_dataset(name, root=root, split="train", fold=fold, image_size=image_size, augment=True))
-        if not evals and name != "tg3k":
-            evals = {s: build_dataset(name, root=root, split=s, fold=fold, image_size=image_size) for s in ("val", "test")}
-    if not evals:
-        raise ValueError(f"data={data!r} has no nodule-labelled set to validate and test on")
-    pools = list(train_sets)
-    if unlabeled_dir is not None:
-        pools.append(build_dataset("unlabeled", image_dir=unlabeled_dir, image_size=image_size, augment=True))
-    if not intensity_aug:  # the paper's augmentations only: flip, rotation, zoom-out (and stitching)
-        from ssmt_lib.data import train_transform
-
-        for ds in pools:
-            ds.transform = train_transform(image_size, ds.channels, p_intensity=0.0)
-    train = build_training_set(train_sets)
-    if label_fraction < 1.0:
-        keep = max(1, round(label_fraction * len(train)))
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-        train = Subset(train, sorted(order[:keep].tolist()))
-    return {"train": train, "unlabeled": unlabeled_pool(pools), **evals}
-
-
-# Added to a loader's seed per DDP rank (worker seeds) and to the global seed (in-process augmentation),
-# so that ranks draw different augmentations; a prime, far from the epoch/phase offsets of fit's seeds.
-RANK_SEED_STRIDE = 1_000_003
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of this process: (0, 1) without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-                device: torch.device | None = None, drop_last: bool = False, shard: bool = False,
-                task_pairs: bool = False) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed`` (and, under DDP, the rank).
-
-    Args:
-        dataset: the data.
-        batch_size: images per batch (per process under DDP).
-        shuffle: random order (training).
-        seed: order seed; every rank uses the same one, so DDP ranks split one permutation.
-        num_workers: DataLoader worker processes.
-        device: pinned memory when CUDA.
-        drop_last: drop a last incomplete batch.
-        shard: under DDP (a process group exists) give each rank its share through a
-            ``DistributedSampler``; for training loaders only. Evaluation loaders leave it False,
-            so every rank sees the whole set and validation/test metrics cover all of it.
-        task_pairs: batches of alternating nodule- and gland-labelled images (TRFE-Net's batches,
-            :class:`~ssmt_lib.data.TaskPairSampler`; ``shuffle`` is implied), sharded by pairs
-            when ``shard``.
-
-    The loader's generator, which seeds its worker processes (and so their augmentation), is
-    seeded with ``seed + RANK_SEED_STRIDE * rank``: ranks draw different augmentations.
-    """
-    from ssmt_lib.data import TaskPairSampler
-
-    cuda = device is not None and device.type == "cuda"
-    rank, world = rank_and_world()
-    sampler = None
-    if task_pairs:
-        sampler = TaskPairSampler(dataset, seed, rank=rank if shard else 0, world=world if shard else 1)
-        shuffle = False
-    elif shard and world > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
-                                     drop_last=drop_last)
-        shuffle = False
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
-                      pin_memory=cuda, drop_last=drop_last, persistent_workers=False,
-                      generator=torch.Generator().manual_seed(seed + RANK_SEED_STRIDE * rank))
-
-
-def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
-    """Move tensors of a batch to ``device`` (float sizes, optional channels_last images)."""
-    out = {}
-    for k, v in batch.items():
-        if torch.is_tensor(v):
-            v = v.to(device, non_blocking=True)
-            if k == "size":
-                v = v.float()
-            if k == "image" and channels_last:
-                v = v.contiguous(memory_format=torch.channels_last)
-        out[k] = v
-    return out
 
 
 def mask_patches(images: Tensor, ratio: float, patch: int = 16) -> Tensor:
@@ -214,129 +70,6 @@ def mask_patches(images: Tensor, ratio: float, patch: int = 16) -> Tensor:
     b, _, h, w = images.shape
     keep = (torch.rand(b, 1, h // patch, w // patch, device=images.device) >= ratio).to(images.dtype)
     return images * nn.functional.interpolate(keep, size=(h, w), mode="nearest")  # (B, C, H, W)
-
-
-# ----------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically: to a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no pickled code), naming the file on failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:  # pickled objects beyond tensors and containers: refused
-        found = re.search(r"GLOBAL (\S+)", str(err))
-        raise ValueError(f"checkpoint {path} is refused as unsafe: it holds pickled Python objects "
-                         f"({found.group(1) if found else 'beyond tensors and plain containers'}) that could run "
-                         f"code when loaded. ssmt_lib only loads checkpoints as plain tensors and containers "
-                         f"(weights_only=True); use a checkpoint written by ssmt_lib.train.fit.") from None
-    except Exception as err:  # corrupt/truncated/foreign files
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)), "numpy_pos": int(np.random.get_state()[2])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict]:
-    """Rebuild the model of a checkpoint (``best.pt`` or ``last.pt``) with its weights; eval mode."""
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"checkpoint {path} has no 'config' and 'model' entries (it holds {keys}): "
-                         f"it was not written by ssmt_lib.train.fit, so its model cannot be rebuilt")
-    cfg = from_dict(ckpt["config"])
-    name = ckpt.get("model_name")
-    # checkpoints from before model.baseline_size existed hold tiny-width baselines (fit built no other)
-    size = cfg.model.baseline_size if "baseline_size" in ckpt["config"].get("model", {}) else "tiny"
-    if ckpt.get("task") == "classify":  # ssmt_lib.train_classify: the classifier's own config; weights below
-        from ssmt_lib.classifiers import classifier_from_dict
-
-        model = classifier_from_dict({**ckpt["model_config"], "pretrained_file": None})
-    elif ckpt.get("task") == "tirads":  # ssmt_lib.train_tirads: the joint mask + TI-RADS model
-        from ssmt_lib.train_tirads import model_from_tirads_checkpoint
-
-        model = model_from_tirads_checkpoint(ckpt, cfg.model.image_size, cfg.model.in_chans)
-    else:
-        model = build_model(name, preset=size, image_size=cfg.model.image_size) if name else build_model(config=cfg)
-    load_weights(model, ckpt["model"], path)
-    return model.to(device).eval(), cfg, ckpt
-
-
-def load_weights(model: nn.Module, weights: dict[str, Tensor], path: str | Path) -> None:
-    """``model.load_state_dict(weights)``, naming ``path`` when the architectures do not match."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise ValueError(f"the weights in {path} do not fit the model being built (another architecture): "
-                         f"{' '.join(str(err).split())[:600]}") from err
-
-
-# ----------------------------------------------------------------------------------------------
-# evaluation
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None = None,
-             compute_hd95: bool = True, progress: bool = False, references: bool = True) -> dict[str, Any]:
-    """Metrics of ``model`` on ``loader``: per task a ``SegmentationMeter.compute()`` dict, plus size MAE.
-
-    Only images labelled for a task count for it. Returns ``{"nodule": {...}, "gland": {...},
-    "size_mae": float, "rows": {task: per-image rows}, "references": {task: ..., }}`` where
-    ``references`` (with ``references=True``) holds the trivial predictors' scores on the same
-    images (:class:`~ssmt_lib.metrics.ReferenceMeter`: all-foreground, all-background, and the
-    mean size predictor's MAE), so every reported number has its floor beside it.
-    """
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    tasks = getattr(model, "tasks", ("nodule",))
-    meters = {t: SegmentationMeter(compute_hd95=compute_hd95) for t in tasks}
-    floors = {t: ReferenceMeter() for t in tasks} if references else {}
-    size_err, size_n = 0.0, 0
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
-        batch = to_device(batch, device)
-        out = model(batch["image"])
-        for t in tasks:
-            valid = batch[f"has_{t}"].bool()
-            if valid.any():
-                meters[t].update(out.logits(t).float(), batch[f"{t}_mask"], valid_mask=valid, ids=batch["id"])
-                if references:
-                    floors[t].update(batch[f"{t}_mask"], valid)
-        if out.size is not None and batch["has_nodule"].any():
-            keep = batch["has_nodule"].bool()
-            size_err += (out.size.float()[keep] - batch["size"][keep]).abs().sum().item()
-            size_n += int(keep.sum())
-    model.train(was_training)
-    result: dict[str, Any] = {t: m.compute() for t, m in meters.items() if m.rows}
-    result["rows"] = {t: m.rows for t, m in meters.items() if m.rows}
-    result["size_mae"] = size_err / size_n if size_n else float("nan")
-    if references:
-        result["references"] = {t: f.compute() for t, f in floors.items() if f.sizes}
-    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,9 +88,17 @@ class TrainResult:
     stopped_early: bool = False  # phase 2 ended on train.max_minutes before its planned steps
 
 
-def _optimizer(model: nn.Module, cfg: Config, total_steps: int, device: torch.device,
-               budget_seconds: float | None = None):
-    """Adam/AdamW/SGD and the per-step cosine that ends at ``min_lr`` after ``total_steps`` or ``budget_seconds``."""
+def make_optimizer(model: nn.Module, cfg: Config, total_steps: int, device: torch.device,
+                   budget_seconds: float | None = None) -> tuple[torch.optim.Optimizer, BudgetCosine]:
+    """Adam/AdamW/SGD and the per-step cosine that ends at ``min_lr`` after ``total_steps`` or ``budget_seconds``.
+
+    Args:
+        model: its trainable parameters are optimized.
+        cfg: ``train.optimizer``, ``lr``, ``min_lr``, ``weight_decay``, ``momentum``.
+        total_steps: optimizer steps of the phase.
+        device: fused kernels on CUDA and CPU.
+        budget_seconds: the phase's time budget (``train.max_minutes``), or None.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.train.optimizer]
     extra = {"momentum": cfg.train.momentum} if cfg.train.optimizer == "sgd" else {}  # TRFE-Net's SGD
@@ -428,59 +169,6 @@ def _check_baseline_protocol(cfg: Config, model_name: str) -> None:
         warnings.warn(f"fit(model_name={model_name!r}) with loss.objective={cfg.loss.objective!r}: its paper's loss "
                       f"is {wanted!r}; make_config({cfg.model.baseline_size!r}, baseline={model_name!r}) sets it "
                       f"(CLI: --model {model_name})", stacklevel=3)
-
-
-class RankZeroClock:
-    """A clock every DDP rank reads alike: rank 0's ``time.monotonic()``, broadcast by :meth:`tick`.
-
-    ``tick`` is a collective that every rank calls at the same point of each training step;
-    reading the clock (``clock()``) is local and returns the last broadcast value. Under DDP with
-    a time budget the phase's :class:`~ssmt_lib.schedule.BudgetCosine` reads it, so every rank
-    sets the same rate and ends the phase at the same step (with each rank's own clock the rates
-    differ slightly, so the replicas drift apart, and a rank that stops one step early leaves the
-    others waiting in an all-reduce for ever).
-
-    Args:
-        device: where the broadcast tensor lives (the CUDA device under NCCL).
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.now = device, 0.0
-        self.tick()
-
-    def tick(self) -> None:
-        """Broadcast rank 0's time (all ranks call this together)."""
-        t = torch.tensor([time.monotonic()], dtype=torch.float64, device=self.device)
-        dist.broadcast(t, src=0)
-        self.now = float(t.item())
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _gather_rng_states() -> list[dict[str, Any]]:
-    """Every rank's RNG state, in rank order (a collective call under DDP)."""
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, _rng_state())
-    return states
-
-
-def _rank_rng(ckpt: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The RNG state this rank resumes with: its own from ``rng_ranks`` when the checkpoint was
-    written by as many ranks; else rank 0's ``rng`` (single process), or, for another world size,
-    a fresh per-rank seed (the augmentation then differs from an unbroken run)."""
-    rank, world = rank_and_world()
-    ranks = ckpt.get("rng_ranks")
-    if ranks is not None and len(ranks) == world:
-        return ranks[rank]
-    if world == 1:
-        return ckpt["rng"]
-    seed_everything(seed + RANK_SEED_STRIDE * rank + 7919 * (1 + int(ckpt.get("next_epoch", 0))))
-    return _rng_state()
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 @locks_run_folder("out_dir")  # one run per folder (ssmt_lib.runlock)
@@ -584,7 +272,7 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
         load_weights(raw_model, resume["model"], out / CHECKPOINT)
         history, best = resume["history"], resume["best"]
         start_phase, start_epoch = resume["next_phase"], resume["next_epoch"]
-        _set_rng_state(_rank_rng(resume, t_cfg.seed))
+        set_rng_state(rank_rng_state(resume, t_cfg.seed))
     has_recon = "recon" in getattr(raw_model, "heads", ())
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     plan = phase_plan(cfg, {1: len(datasets["unlabeled"]), 2: epoch_images(datasets["train"], t_cfg)}, has_recon, world)
@@ -608,7 +296,7 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
                 later = sum(plan[p]["steps"] for p in (1, 2) if p >= phase)
                 share = plan[phase]["steps"] / max(later, 1)
             phase_budget = max(budget - budget_used, 1e-3) * (share if phase == 1 else 1.0)
-        opt, sched = _optimizer(raw_model, cfg, plan[phase]["steps"], device, phase_budget)
+        opt, sched = make_optimizer(raw_model, cfg, plan[phase]["steps"], device, phase_budget)
         if distributed and phase_budget is not None:  # every rank reads rank 0's clock: same rate, same last step
             sched.clock = RankZeroClock(device if dist.get_backend() == "nccl" else torch.device("cpu"))
             sched.started = sched.clock()
@@ -648,17 +336,18 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
                     best = {"epoch": epoch, "val_nodule_dice": record["val_nodule_dice"],
                             "val_nodule_dice_pooled": record["val_nodule_dice_pooled"]}
                     if out is not None:
-                        save_checkpoint(out / BEST, _state(raw_model, cfg, model_name, history + [record], best,
-                                                           data=run_data))
+                        save_checkpoint(out / BEST, checkpoint_state(raw_model, cfg, model_name, history + [record],
+                                                                     best, data=run_data))
             history.append(record)
             last = epoch == epochs - 1 or sched.done
             next_phase, next_epoch = (phase + 1, 0) if last else (phase, epoch + 1)
             if last:
                 budget_used += sched.elapsed
-            rng_ranks = _gather_rng_states() if distributed else None  # a collective: every rank calls it
+            rng_ranks = gather_rng_states() if distributed else None  # a collective: every rank calls it
             if out is not None and is_main_process():
-                state = _state(raw_model, cfg, model_name, history, best, phase=phase, next_phase=next_phase,
-                               next_epoch=next_epoch, opt=opt, sched=sched, budget_used=budget_used, data=run_data)
+                state = checkpoint_state(raw_model, cfg, model_name, history, best, phase=phase,
+                                         next_phase=next_phase, next_epoch=next_epoch, opt=opt, sched=sched,
+                                         budget_used=budget_used, data=run_data)
                 if rng_ranks is not None:
                     state["rng_ranks"] = rng_ranks  # each rank resumes its own augmentation stream
                 save_checkpoint(out / CHECKPOINT, state)
@@ -683,17 +372,6 @@ def fit(cfg: Config, data: str = "phantom", data_root: str | Path | None = None,
     if distributed:
         dist.barrier()  # the other ranks wait for rank 0's test evaluation and files
     return result
-
-
-def _state(model: nn.Module, cfg: Config, model_name: str | None, history: list, best: dict, phase: int = 2,
-           next_phase: int = 3, next_epoch: int = 0, opt=None, sched=None, budget_used: float = 0.0,
-           data: dict[str, Any] | None = None) -> dict[str, Any]:
-    state = {"model": model.state_dict(), "config": to_dict(cfg), "model_name": model_name, "history": history,
-             "best": best, "phase": phase, "next_phase": next_phase, "next_epoch": next_epoch, "rng": _rng_state(),
-             "budget_used": budget_used, "data": data}
-    if opt is not None:
-        state["optimizer"], state["scheduler"] = opt.state_dict(), sched.state_dict()
-    return state
 
 
 def _train_epoch(model: nn.Module, raw_model: nn.Module, loader: DataLoader, opt, sched, cfg: Config, phase: int,
@@ -738,37 +416,3 @@ def _train_epoch(model: nn.Module, raw_model: nn.Module, loader: DataLoader, opt
               "seconds": round(seconds, 3), "images_per_s": n_images / max(seconds, 1e-9)}
     record.update({k: v / max(n_images, 1) for k, v in sums.items()})
     return record
-
-
-def write_history(out: Path, history: list[dict[str, Any]]) -> None:
-    """``history.csv``: one row per epoch, a column per logged value."""
-    keys = sorted({k for r in history for k in r}, key=lambda k: (k not in ("phase", "epoch"), k))
-    tmp = out / "history.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, out / "history.csv")
-
-
-def jsonable(obj: Any) -> Any:
-    """Nested metrics as strict JSON values: NaN/inf become None, numpy scalars Python numbers, per-image rows dropped."""
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items() if k != "rows"}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (np.floating, np.integer)):
-        return jsonable(obj.item())
-    return obj
-
-
-def write_metrics(path: Path, cfg: Config, history: list, best: dict, test: dict, model_name: str | None = None) -> None:
-    """``metrics.json``: config, per-epoch history, best epoch and test metrics (NaN written as null)."""
-    data = {"config": to_dict(cfg), "model_name": model_name or "ssmt", "history": history, "best": best,
-            "test": test}
-    tmp = path.with_suffix(".json.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(jsonable(data), indent=1))
-    os.replace(tmp, path)

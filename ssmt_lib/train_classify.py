@@ -34,9 +34,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ssmt_lib.checkpoints import (BEST, CHECKPOINT, checkpoint_state, load_checkpoint, load_weights,
+                                  model_from_checkpoint, save_checkpoint, set_rng_state)
 from ssmt_lib.classification_metrics import with_reference
 from ssmt_lib.classifiers import CLASSIFIER_NAMES, class_weights
 from ssmt_lib.config import Config, to_dict
+from ssmt_lib.distributed import default_device, seed_everything
+from ssmt_lib.evaluation import write_history, write_metrics
+from ssmt_lib.loaders import make_loader
 
 if TYPE_CHECKING:
     from ssmt_lib.train import TrainResult
@@ -181,16 +186,16 @@ def fit_classifier(cfg: Config, data: str = "phantom", data_root: str | Path | N
     Returns:
         :class:`ssmt_lib.train.TrainResult` (``test`` holds :func:`evaluate_classifier`'s dict).
     """
-    from ssmt_lib import train as T
     from ssmt_lib.model import build_model
     from ssmt_lib.resume import check_resume, data_settings, reopened_position
+    from ssmt_lib.train import TrainResult, make_optimizer, phase_plan
 
     _check(model_name)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the same run folder
         raise ValueError("fit(task='classify') runs in one process; torchrun/DDP is supported for segmentation only")
     t_cfg = cfg.train
-    device = device or T.default_device()
-    T.seed_everything(t_cfg.seed)
+    device = device or default_device()
+    seed_everything(t_cfg.seed)
     options = dict(model_options or {})
     if cfg.model.pretrained_file is not None:
         options.setdefault("pretrained_file", cfg.model.pretrained_file)
@@ -205,31 +210,31 @@ def fit_classifier(cfg: Config, data: str = "phantom", data_root: str | Path | N
     out = Path(out_dir) if out_dir is not None else None
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": -1, "val_score": -1.0, "val_auc": float("nan"), "val_balanced_accuracy": float("nan")}
-    plan = T.phase_plan(cfg, {1: 0, 2: len(datasets["train"])}, has_recon=False)[2]  # one phase: "phase 2"
+    plan = phase_plan(cfg, {1: 0, 2: len(datasets["train"])}, has_recon=False)[2]  # one phase: "phase 2"
     start, resume = 0, None
-    if out is not None and (out / T.CHECKPOINT).is_file():
-        resume = T.load_checkpoint(out / T.CHECKPOINT, map_location=device)
+    if out is not None and (out / CHECKPOINT).is_file():
+        resume = load_checkpoint(out / CHECKPOINT, map_location=device)
         if resume.get("task") != "classify":
-            raise ValueError(f"{out / T.CHECKPOINT} is a segmentation run; use another run folder for a classifier")
-        check_resume(resume, out / T.CHECKPOINT, to_dict(cfg), model_name, run_data)
-        T.load_weights(model, resume["model"], out / T.CHECKPOINT)
+            raise ValueError(f"{out / CHECKPOINT} is a segmentation run; use another run folder for a classifier")
+        check_resume(resume, out / CHECKPOINT, to_dict(cfg), model_name, run_data)
+        load_weights(model, resume["model"], out / CHECKPOINT)
         history, best = resume["history"], resume["best"]
         next_phase, next_epoch = reopened_position(resume, plan["epochs"])  # more epochs extend a finished run
         start = plan["epochs"] if next_phase == 3 else next_epoch
-        T._set_rng_state(resume["rng"])
-    opt, sched = T._optimizer(model, cfg, plan["steps"], device,
-                              None if t_cfg.max_minutes is None else 60.0 * t_cfg.max_minutes)
+        set_rng_state(resume["rng"])
+    opt, sched = make_optimizer(model, cfg, plan["steps"], device,
+                                None if t_cfg.max_minutes is None else 60.0 * t_cfg.max_minutes)
     if resume is not None and 0 < start < plan["epochs"] and "optimizer" in resume:
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
     extra = {"task": "classify", "model_config": dataclasses.asdict(model.config)}
     stopped_early = False
     for epoch in range(start, plan["epochs"]):
-        loader = T.make_loader(datasets["train"], t_cfg.batch_size, True, seed=t_cfg.seed * 100_003 + 2 * 1009 + epoch,
-                               num_workers=t_cfg.num_workers, device=device)
+        loader = make_loader(datasets["train"], t_cfg.batch_size, True, seed=t_cfg.seed * 100_003 + 2 * 1009 + epoch,
+                             num_workers=t_cfg.num_workers, device=device)
         record = train_classifier_epoch(model, loader, opt, sched, weight, cfg, epoch, device, progress, out)
-        val = evaluate_classifier(model, T.make_loader(datasets["val"], t_cfg.batch_size, False, 0, t_cfg.num_workers,
-                                                       device), device, train_labels)
+        val = evaluate_classifier(model, make_loader(datasets["val"], t_cfg.batch_size, False, 0, t_cfg.num_workers,
+                                                     device), device, train_labels)
         record.update({f"val_{k}": val[k] for k in ("accuracy", "balanced_accuracy", "auc", "f1")})
         pair = np.array([val["auc"], val["balanced_accuracy"]])  # NaN when the val split has one class only
         record["val_score"] = float(pair[np.isfinite(pair)].mean()) if np.isfinite(pair).any() else val["accuracy"]
@@ -237,38 +242,38 @@ def fit_classifier(cfg: Config, data: str = "phantom", data_root: str | Path | N
             best = {"epoch": epoch, "val_score": record["val_score"], "val_auc": val["auc"],
                     "val_balanced_accuracy": val["balanced_accuracy"]}
             if out is not None:
-                T.save_checkpoint(out / T.BEST, {**T._state(model, cfg, model_name, history + [record], best,
-                                                            data=run_data), **extra})
+                save_checkpoint(out / BEST, {**checkpoint_state(model, cfg, model_name, history + [record], best,
+                                                          data=run_data), **extra})
         history.append(record)
         last = epoch == plan["epochs"] - 1 or sched.done
         if out is not None:
-            state = T._state(model, cfg, model_name, history, best, phase=2, next_phase=3 if last else 2,
-                             next_epoch=0 if last else epoch + 1, opt=opt, sched=sched, data=run_data)
-            T.save_checkpoint(out / T.CHECKPOINT, {**state, **extra})
-            T.write_history(out, history)
+            state = checkpoint_state(model, cfg, model_name, history, best, phase=2, next_phase=3 if last else 2,
+                                     next_epoch=0 if last else epoch + 1, opt=opt, sched=sched, data=run_data)
+            save_checkpoint(out / CHECKPOINT, {**state, **extra})
+            write_history(out, history)
         for cb in callbacks:
             cb(record)
         if last:
             stopped_early = sched.steps < plan["steps"]
             break
-    result = T.TrainResult(model=model, history=history, best=best, out_dir=out, stopped_early=stopped_early)
+    result = TrainResult(model=model, history=history, best=best, out_dir=out, stopped_early=stopped_early)
     if evaluate_test and "test" in datasets:
         eval_model = model
-        if out is not None and (out / T.BEST).is_file():
-            eval_model, _, _ = T.model_from_checkpoint(out / T.BEST, device)
-        result.test = evaluate_classifier(eval_model, T.make_loader(datasets["test"], t_cfg.batch_size, False, 0,
-                                                                    t_cfg.num_workers, device), device, train_labels)
+        if out is not None and (out / BEST).is_file():
+            eval_model, _, _ = model_from_checkpoint(out / BEST, device)
+        result.test = evaluate_classifier(eval_model, make_loader(datasets["test"], t_cfg.batch_size, False, 0,
+                                                                  t_cfg.num_workers, device), device, train_labels)
     if out is not None:
         if not result.test and (out / "metrics.json").is_file():  # a finished run resumed keeps its test metrics
             result.test = json.loads((out / "metrics.json").read_text()).get("test", {})
-        T.write_metrics(out / "metrics.json", cfg, history, best, result.test, model_name)
+        write_metrics(out / "metrics.json", cfg, history, best, result.test, model_name)
     return result
 
 
 def train_classifier_epoch(model: nn.Module, loader: DataLoader, opt, sched, weight: torch.Tensor | None, cfg: Config,
                            epoch: int, device: torch.device, progress: bool, out: Path | None) -> dict[str, Any]:
     """One epoch of eq. 9 (cross-entropy, optionally class-weighted); returns loss, accuracy, lr, images/s."""
-    from ssmt_lib.train import CHECKPOINT, NonFiniteLossError
+    from ssmt_lib.train import NonFiniteLossError
 
     model.train()
     cuda = device.type == "cuda"

@@ -11,12 +11,12 @@ import torch
 from ssmt_lib import build_model
 from ssmt_lib.__main__ import main
 from ssmt_lib.baselines import build_baseline, count_parameters
+from ssmt_lib.checkpoints import load_checkpoint, model_from_checkpoint
 from ssmt_lib.config import BASELINE_SETTINGS, LossConfig, make_config
 from ssmt_lib.data import MultiTaskDataset, SegmentationDataset, TaskPairSampler
 from ssmt_lib.losses import baseline_loss, dice_loss, total_loss
 from ssmt_lib.outputs import ModelOutput
 from ssmt_lib.trfe import TRFE_GLAND_WEIGHT
-from ssmt_lib.train import load_checkpoint, model_from_checkpoint
 
 
 @pytest.mark.parametrize("name", ["unet", "mtnet", "trfe", "trfe_c", "resnet50_unet"])

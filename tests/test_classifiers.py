@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 from ssmt_lib import build_model
+from ssmt_lib.checkpoints import model_from_checkpoint
 from ssmt_lib.classification_metrics import classification_metrics, majority_reference, with_reference
 from ssmt_lib.classifiers import (
     CLASSIFIER_NAMES,
@@ -22,7 +23,7 @@ from ssmt_lib.classifiers import (
 from ssmt_lib.config import make_config
 from ssmt_lib.outputs import ModelOutput
 from ssmt_lib.segmenters import SEGMENTER_NAMES, Segmenter, build_segmenter
-from ssmt_lib.train import fit, model_from_checkpoint
+from ssmt_lib.train import fit
 from ssmt_lib.viz.cam import grad_cam, occlusion_map
 
 S = 64  # input side in these tests

@@ -21,8 +21,10 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
+from ssmt_lib.checkpoints import load_checkpoint, model_from_checkpoint
 from ssmt_lib.config import make_config
-from ssmt_lib.train import build_data, evaluate, load_checkpoint, make_loader, model_from_checkpoint
+from ssmt_lib.evaluation import evaluate
+from ssmt_lib.loaders import build_data, make_loader
 
 WORLD = 2
 SIZE = 32  # px: the tiny network at its smallest useful input

@@ -25,6 +25,7 @@ from PIL import Image
 import ssmt_lib.train as train_module
 from ssmt_lib import notebook_runner
 from ssmt_lib.__main__ import _parse_sets, main
+from ssmt_lib.checkpoints import load_checkpoint, model_from_checkpoint
 from ssmt_lib.config import make_config
 from ssmt_lib.data import DatasetError, build_dataset, read_mask
 from ssmt_lib.data.reading import MaskWarning
@@ -32,7 +33,7 @@ from ssmt_lib.experiments import load_sweep, run_sweep
 from ssmt_lib.notebook_runner import SweepError, run_workbook
 from ssmt_lib.resume import ResumeError
 from ssmt_lib.runlock import LOCK_NAME, RunLock, RunLockedError
-from ssmt_lib.train import NonFiniteLossError, fit, load_checkpoint, model_from_checkpoint
+from ssmt_lib.train import NonFiniteLossError, fit
 
 SIZE, N = 32, 16
 

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from ssmt_lib.__main__ import main
+from ssmt_lib.checkpoints import model_from_checkpoint
 from ssmt_lib.config import make_config
+from ssmt_lib.tirads_data import tirads_data
+from ssmt_lib.tirads_metrics import majority_tirads, tirads_metrics
 from ssmt_lib.tirads_model import METHODS, TiradsNet, tirads_config
-from ssmt_lib.train import fit, model_from_checkpoint
-from ssmt_lib.train_tirads import majority_tirads, tirads_data, tirads_metrics
+from ssmt_lib.train import fit
 
 CFG = make_config("tiny", model__image_size=32, train__epochs=1, train__batch_size=8)
 
@@ -96,7 +98,7 @@ def test_rlar_changes_the_update(data):
 
 
 def test_ordinal_term_by_hand():
-    from ssmt_lib.train_tirads import _losses
+    from ssmt_lib.train_tirads import tirads_losses
 
     cfg = tirads_config(ordinal_weight=2.0, radiomics_weight=0.0, class_weight="none")
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.25, 1e-9, 1e-9]]))  # P = (.5, .25, .25, 0, 0)
@@ -105,7 +107,7 @@ def test_ordinal_term_by_hand():
              "nodule_mask": torch.zeros(1, 1, 4, 4), "radiomics": torch.zeros(1, 16)}
     # CDF (.5, .75, 1, 1, 1) vs (0, 0, 1, 1, 1): squared EMD .25 + .5625; CE -log .25
     expected = -np.log(0.25) + 2.0 * (0.25 + 0.5625)
-    assert _losses(out, batch, cfg, None)["cls"].item() == pytest.approx(expected, rel=1e-5)
+    assert tirads_losses(out, batch, cfg, None)["cls"].item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="ordinal_weight"):
         tirads_config(ordinal_weight=-1.0)
 

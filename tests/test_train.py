@@ -13,15 +13,10 @@ import ssmt_lib.train as train_module
 from ssmt_lib.__main__ import main
 from ssmt_lib.config import make_config
 from ssmt_lib.metrics import trivial_references
-from ssmt_lib.train import (
-    NonFiniteLossError,
-    build_data,
-    evaluate,
-    fit,
-    load_checkpoint,
-    make_loader,
-    model_from_checkpoint,
-)
+from ssmt_lib.checkpoints import load_checkpoint, model_from_checkpoint
+from ssmt_lib.evaluation import evaluate
+from ssmt_lib.loaders import build_data, make_loader
+from ssmt_lib.train import NonFiniteLossError, fit
 from ssmt_lib.viz.training import (
     compare_runs,
     history_frame,
