@@ -58,3 +58,34 @@ def test_notebook_conventions():
         if path.stem[:2].isdigit():
             text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
             assert "Summary" in text and "Exercise" in text, f"{path}: needs a summary and exercises"
+
+
+NUMBERED_ITEM = re.compile(r"^(\d+)\. \S", re.MULTILINE)  # "1. ..." at the start of a line
+
+
+def test_every_exercise_has_a_worked_solution():
+    """Exercises keep their questions; a collapsed <details> block answers each of them."""
+    for path in NOTEBOOKS:
+        cells = json.loads(path.read_text())["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        if "## Exercises" not in text:
+            continue
+        questions, details, rest = text.split("## Exercises", 1)[1].partition("<details>")
+        assert details, f"{path.name}: exercises without a <details> block of solutions"
+        summary, _, body = rest.partition("</summary>")
+        assert "solution" in summary.lower(), f"{path.name}: the <details> summary must name solutions"
+        assert "</details>" in body, f"{path.name}: the solutions block is not closed"
+        solutions = body.split("</details>", 1)[0]
+        asked, answered = NUMBERED_ITEM.findall(questions), NUMBERED_ITEM.findall(solutions)
+        assert asked, f"{path.name}: no numbered exercise found"
+        assert asked == answered, f"{path.name}: exercises {asked} but solutions {answered}"
+        for answer in re.split(r"^\d+\. ", solutions, flags=re.MULTILINE)[1:]:
+            assert len(answer.strip()) > 40, f"{path.name}: a solution is only {answer.strip()!r}"
+
+
+def test_notebook_code_lines_are_at_most_100_characters():
+    for path in NOTEBOOKS:
+        cells = json.loads(path.read_text())["cells"]
+        long = [(i, line) for i, c in enumerate(cells) if c["cell_type"] == "code"
+                for line in "".join(c["source"]).split("\n") if len(line) > 100]
+        assert not long, f"{path.name}: code lines over 100 characters (cell, line): {long[:3]}"
