@@ -153,14 +153,8 @@ class TRFENet(MTNet):
         self.guidance = RegionPriorGuidance(guidance, self.encoder.widths[3:0:-1])  # 8w, 4w, 2w
 
     def decode(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """The gland decoder first, then the nodule decoder guided by its levels and probability map.
-
-        Args:
-            feats: the encoder maps, fine to coarse (:class:`~ssmt_lib.unet.UNetEncoder`).
-
-        Returns:
-            nodule and gland logits, each (B, 1, H, W).
-        """
+        """As :meth:`MTNet.decode`, but the gland decoder runs first and its level maps and probability
+        map guide the nodule decoder (:class:`RegionPriorGuidance`)."""
         gland, gland_levels = self.gland_decoder(feats)
         gland_prob = gland.sigmoid()  # (B, 1, H, W) thyroid-region prior
         nodule, _ = self.nodule_decoder(feats, guide=lambda i, x: self.guidance(i, x, gland_levels[i], gland_prob))
