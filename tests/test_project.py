@@ -73,7 +73,7 @@ def test_every_exercise_has_a_worked_solution():
         questions, details, rest = text.split("## Exercises", 1)[1].partition("<details>")
         assert details, f"{path.name}: exercises without a <details> block of solutions"
         summary, _, body = rest.partition("</summary>")
-        assert "solution" in summary.lower(), f"{path.name}: the <details> summary must name solutions"
+        assert "solution" in summary.lower(), f"{path.name}: the summary must name solutions"
         assert "</details>" in body, f"{path.name}: the solutions block is not closed"
         solutions = body.split("</details>", 1)[0]
         asked, answered = NUMBERED_ITEM.findall(questions), NUMBERED_ITEM.findall(solutions)
@@ -89,3 +89,22 @@ def test_notebook_code_lines_are_at_most_100_characters():
         long = [(i, line) for i, c in enumerate(cells) if c["cell_type"] == "code"
                 for line in "".join(c["source"]).split("\n") if len(line) > 100]
         assert not long, f"{path.name}: code lines over 100 characters (cell, line): {long[:3]}"
+
+
+def test_readme_equation_table_names_existing_code():
+    """Every `module.name` of the README's equation table exists, so the table cannot go stale."""
+    import importlib
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Equations in the code", 1)[1].split("\n## ", 1)[0]
+    refs = re.findall(r"`([a-z_]+)\.([A-Za-z_][\w.]*)`", table)
+    assert len(refs) > 20, refs
+    for module, attr in refs:
+        obj = importlib.import_module(f"ssmt_lib.{module}")
+        for part in attr.split("."):
+            assert hasattr(obj, part), f"README equation table: ssmt_lib.{module}.{attr} is gone"
+            obj = getattr(obj, part)
+    numbers = set()
+    for first, last in re.findall(r"^\| (\d+)(?:-(\d+))? \|", table, flags=re.MULTILINE):
+        numbers |= set(range(int(first), int(last or first) + 1))
+    assert numbers == set(range(1, 14)), sorted(numbers)  # SSMT-Net's eq. 1-13, each in a row

@@ -194,7 +194,8 @@ def test_architecture_map_labels_every_block_with_its_equation_and_an_importable
     for b in BLOCKS + GROUPS:
         assert b.key in boxes, b.key  # a drawn box ...
         label = texts[b.key] + texts.get(f"{b.key}:title", "")
-        assert b.module in label and re.search(r"(eq\.|Sec\.) \d", label), (b.key, label)  # ... labelled
+        assert b.module in label, (b.key, label)  # ... labelled with its module
+        assert re.search(r"(eq\.|Sec\.) \d", label), (b.key, label)  # ... and its equation
     covered = set()  # every numbered equation of the SSMT-Net paper (1-13) is on the map
     for first, last in re.findall(r"eq\. (\d+)(?:-(\d+))?", " ".join(texts.values())):
         covered |= set(range(int(first), int(last or first) + 1))

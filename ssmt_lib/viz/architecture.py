@@ -80,21 +80,25 @@ GROUPS: tuple[Block, ...] = (
 BLOCKS: tuple[Block, ...] = (
     Block("input", "image x", "H x W x 3\n(grey, 3 channels)", "Sec. 2.2", "ssmt_lib.data",
           (0.2, 7.0), (2.3, 2.0), "input"),
-    Block("resnet", "ResNet-50 (stages 3, 4, 9)", "F_C at 1/16;\nskips at 1/2, 1/4, 1/8", "Sec. 2.2",
-          "ssmt_lib.embed", (3.5, 8.7), (4.4, 2.6), "encoder", phase1=True),
-    Block("vit", "ViT-B: tokens + 12 layers", "patch 1 on F_C, + E_pos;\nMSA, MLP (pre-norm) -> F_T",
-          "eq. 1-3", "ssmt_lib.embed", (3.5, 4.0), (4.4, 2.9), "encoder", phase1=True),
+    Block("resnet", "ResNet-50 (stages 3, 4, 9)", "F_C at 1/16;\nskips at 1/2, 1/4, 1/8",
+          "Sec. 2.2", "ssmt_lib.embed", (3.5, 8.7), (4.4, 2.6), "encoder", phase1=True),
+    Block("vit", "ViT-B: tokens + 12 layers",
+          "patch 1 on F_C, + E_pos;\nMSA, MLP (pre-norm) -> F_T", "eq. 1-3",
+          "ssmt_lib.embed", (3.5, 4.0), (4.4, 2.9), "encoder", phase1=True),
     Block("fusion", "fusion", "proj(F_C) + proj(F_T)\none 1/16 map", "eq. 11", "ssmt_lib.model",
           (9.4, 6.3), (3.4, 2.4), "fusion", phase1=True),
     Block("nodule_cnn", "CNN decoder (U-Net cup)", "up x2 + skip, 1/16 -> 1/1; aux logits",
           "Sec. 2.3", "ssmt_lib.decoders", (13.6, 11.3), (5.9, 1.6), "decoder"),
-    Block("nodule_query", "query decoder", "masked cross-attn 1/8 -> 1/4 -> 1/2;\nmasks Z_t, classes O",
-          "eq. 4-9", "ssmt_lib.query_decoder", (13.6, 9.4), (5.9, 1.7), "decoder"),
+    Block("nodule_query", "query decoder",
+          "masked cross-attn 1/8 -> 1/4 -> 1/2;\nmasks Z_t, classes O", "eq. 4-9",
+          "ssmt_lib.query_decoder", (13.6, 9.4), (5.9, 1.7), "decoder"),
     Block("gland_cnn", "CNN decoder (U-Net cup)", "up x2 + skip, 1/16 -> 1/1; aux logits",
           "Sec. 2.3", "ssmt_lib.decoders", (13.6, 6.8), (5.9, 1.6), "decoder"),
-    Block("gland_query", "query decoder", "masked cross-attn 1/8 -> 1/4 -> 1/2;\nmasks Z_t, classes O",
-          "eq. 4-9", "ssmt_lib.query_decoder", (13.6, 4.9), (5.9, 1.7), "decoder"),
-    Block("reconstructor", "reconstructor D_REC", "CNN cup without skips -> image\n(the only task of phase 1)",
+    Block("gland_query", "query decoder",
+          "masked cross-attn 1/8 -> 1/4 -> 1/2;\nmasks Z_t, classes O", "eq. 4-9",
+          "ssmt_lib.query_decoder", (13.6, 4.9), (5.9, 1.7), "decoder"),
+    Block("reconstructor", "reconstructor D_REC",
+          "CNN cup without skips -> image\n(the only task of phase 1)",
           "eq. 11", "ssmt_lib.decoders", (13.6, 2.3), (5.9, 2.0), "recon", phase1=True),
     Block("size", "size head", "V = sigmoid(MLP(f)), 768-256-128-64-1\non pooled ViT tokens",
           "eq. 10", "ssmt_lib.heads", (13.6, 0.3), (5.9, 1.7), "head"),
@@ -144,8 +148,8 @@ def architecture_map(fontsize: float = 7.5) -> Figure:
         fontsize: Size of the box text in points; the figure is 12 x 7 inches (notebook width).
 
     Returns:
-        A matplotlib ``Figure``; every box is a ``FancyBboxPatch`` and its text a ``Text``, both with
-        ``gid`` = the block's key.
+        A matplotlib ``Figure``; every box is a ``FancyBboxPatch`` and its text a ``Text``,
+        both with ``gid`` = the block's key.
     """
     fig = Figure(figsize=(12, 7), layout="constrained")
     ax = fig.add_subplot()
