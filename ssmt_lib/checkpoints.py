@@ -31,7 +31,12 @@ BEST = "best.pt"  # the checkpoint of the epoch with the best validation score
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically: to a temporary file in the same folder, then rename."""
+    """Write ``state`` atomically: to a temporary file in the same folder, then rename.
+
+    Args:
+        path: the checkpoint file (its folder is created).
+        state: tensors and plain containers (:func:`checkpoint_state`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)
@@ -39,7 +44,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no pickled code), naming the file on failure."""
+    """Load a checkpoint with ``weights_only=True`` (no pickled code), naming the file on failure.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where its tensors go.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -65,7 +75,11 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore an RNG state saved by :func:`rng_state`."""
+    """Restore an RNG state saved by :func:`rng_state`.
+
+    Args:
+        state: a :func:`rng_state` dict (CUDA's part is used only when CUDA is there).
+    """
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
@@ -83,7 +97,12 @@ def gather_rng_states() -> list[dict[str, Any]]:
 def rank_rng_state(ckpt: dict[str, Any], seed: int) -> dict[str, Any]:
     """The RNG state this rank resumes with: its own from ``rng_ranks`` when the checkpoint was
     written by as many ranks; else rank 0's ``rng`` (single process), or, for another world size,
-    a fresh per-rank seed (the augmentation then differs from an unbroken run)."""
+    a fresh per-rank seed (the augmentation then differs from an unbroken run).
+
+    Args:
+        ckpt: the run checkpoint being resumed.
+        seed: ``train.seed`` (for the fresh per-rank seed).
+    """
     rank, world = rank_and_world()
     ranks = ckpt.get("rng_ranks")
     if ranks is not None and len(ranks) == world:
@@ -123,7 +142,15 @@ def checkpoint_state(model: nn.Module, cfg: Config, model_name: str | None, hist
 
 
 def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict]:
-    """Rebuild the model of a checkpoint (``best.pt`` or ``last.pt``) with its weights; eval mode."""
+    """Rebuild the model of a checkpoint (``best.pt`` or ``last.pt``) with its weights; eval mode.
+
+    Args:
+        path: a checkpoint written by ``fit`` (any task).
+        device: where the model goes.
+
+    Returns:
+        (model, its configuration, the whole checkpoint dict).
+    """
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -148,7 +175,13 @@ def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") 
 
 
 def load_weights(model: nn.Module, weights: dict[str, Tensor], path: str | Path) -> None:
-    """``model.load_state_dict(weights)``, naming ``path`` when the architectures do not match."""
+    """``model.load_state_dict(weights)``, naming ``path`` when the architectures do not match.
+
+    Args:
+        model: the model to fill.
+        weights: a state dict.
+        path: the file the weights came from, for the message.
+    """
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

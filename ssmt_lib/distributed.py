@@ -17,7 +17,11 @@ import torch.distributed as dist
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    """Seed Python, NumPy and torch (CPU and CUDA).
+
+    Args:
+        seed: the seed of all three generators.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

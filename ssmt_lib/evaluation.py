@@ -76,7 +76,12 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None =
 
 
 def write_history(out: Path, history: list[dict[str, Any]]) -> None:
-    """``history.csv``: one row per epoch, a column per logged value."""
+    """``history.csv``: one row per epoch, a column per logged value (written atomically).
+
+    Args:
+        out: the run folder.
+        history: the epoch records.
+    """
     keys = sorted({k for r in history for k in r}, key=lambda k: (k not in ("phase", "epoch"), k))
     tmp = out / "history.csv.tmp"
     with open(tmp, "w", newline="") as f:
@@ -87,7 +92,11 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> None:
 
 
 def jsonable(obj: Any) -> Any:
-    """Nested metrics as strict JSON values: NaN/inf become None, numpy scalars Python numbers, per-image rows dropped."""
+    """Nested metrics as strict JSON values: NaN/inf become None, numpy scalars Python numbers, per-image rows dropped.
+
+    Args:
+        obj: dicts, lists, tuples and scalars, nested.
+    """
     if isinstance(obj, dict):
         return {k: jsonable(v) for k, v in obj.items() if k != "rows"}
     if isinstance(obj, (list, tuple)):
@@ -100,7 +109,16 @@ def jsonable(obj: Any) -> Any:
 
 
 def write_metrics(path: Path, cfg: Config, history: list, best: dict, test: dict, model_name: str | None = None) -> None:
-    """``metrics.json``: config, per-epoch history, best epoch and test metrics (NaN written as null)."""
+    """``metrics.json``: config, per-epoch history, best epoch and test metrics (NaN written as null).
+
+    Args:
+        path: the file (written atomically; its folder is created).
+        cfg: the run's configuration.
+        history: the epoch records.
+        best: the selected epoch and its validation scores.
+        test: the test metrics (may be empty).
+        model_name: the model's name; None is SSMT-Net ("ssmt").
+    """
     data = {"config": to_dict(cfg), "model_name": model_name or "ssmt", "history": history, "best": best,
             "test": test}
     tmp = path.with_suffix(".json.tmp")

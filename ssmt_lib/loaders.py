@@ -123,7 +123,13 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
 
 
 def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
-    """Move tensors of a batch to ``device`` (float sizes, optional channels_last images)."""
+    """Move tensors of a batch to ``device`` (float sizes, optional channels_last images).
+
+    Args:
+        batch: a collated batch; non-tensor entries (ids) are kept as they are.
+        device: where the tensors go.
+        channels_last: store ``image`` in channels_last memory format.
+    """
     out = {}
     for k, v in batch.items():
         if torch.is_tensor(v):

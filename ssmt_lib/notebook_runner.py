@@ -103,6 +103,13 @@ def run_notebook(notebook: str | Path, run_dir: str | Path, parameters: dict[str
 
     ``run_dir`` is passed as the ``run_dir`` parameter when the notebook declares one. Returns the
     executed notebook's path. Raises :class:`SweepError` (with that path) when a cell fails.
+
+    Args:
+        notebook: a notebook name or path (:func:`notebook_path`).
+        run_dir: the folder of the executed copy and of what the notebook writes.
+        parameters: values for the notebook's ``parameters`` cell (checked first).
+        timeout: seconds one cell may run; None is no limit.
+        log_output: echo the cells' output.
     """
     import papermill
 

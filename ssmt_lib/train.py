@@ -64,7 +64,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 def mask_patches(images: Tensor, ratio: float, patch: int = 16) -> Tensor:
-    """Masked-image modelling input: blank a random ``ratio`` of ``patch`` x ``patch`` squares."""
+    """Masked-image modelling input: blank a random ``ratio`` of ``patch`` x ``patch`` squares.
+
+    Args:
+        images: (B, C, H, W).
+        ratio: share of squares blanked (``train.mask_ratio``); 0 returns ``images``.
+        patch: the square side in pixels.
+    """
     if ratio <= 0:
         return images
     b, _, h, w = images.shape
