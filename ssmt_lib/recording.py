@@ -6,7 +6,7 @@ changed) on exit, also when the block raises.
 
 * :func:`record_attention`: the weights ``softmax(Q K^T / sqrt(d) + M)`` of every attention layer
   (SSMT-Net paper, *Anatomy-Guided Representation Learning Using a Transformer-Based Network for
-  Thyroid Nodule Segmentation in Ultrasound Images*, eq. 2 for the ViT, eq. 4-5 for the query
+  Thyroid Nodule Segmentation in Ultrasound Images*, eq. 2 for the ViT, eq. 5 for the query
   decoder), this library's :class:`~ssmt_lib.attention.Attention` and timm's ViT attention alike;
 * :func:`record_attention_masks`: the boolean mask each of this library's attention layers received,
   i.e. the eq. 6 mask really used;

@@ -2,7 +2,7 @@
 
 SSMT-Net paper (*Anatomy-Guided Representation Learning Using a Transformer-Based Network for
 Thyroid Nodule Segmentation in Ultrasound Images*): the ViT's self-attention (eq. 2), the query
-decoder's masked cross-attention (eq. 4-5) with its eq. 6 masks, and the query masks and classes
+decoder's masked cross-attention (eq. 5) with its eq. 6 masks, and the query masks and classes
 (eq. 7-9). The weights come from :func:`ssmt_lib.recording.record_attention` and the masks from
 :func:`ssmt_lib.recording.record_attention_masks` (hooks; the model is not edited). Two kinds of
 functions live here:
@@ -63,7 +63,7 @@ def query_attention(maps: Mapping[str, Tensor | None], task: str = "nodule", kin
     Args:
         maps: the recording.
         task: "nodule" or "gland".
-        kind: "cross_attn" (queries -> pixels, eq. 4-5) or "self_attn" (queries -> queries).
+        kind: "cross_attn" (queries -> pixels, eq. 5) or "self_attn" (queries -> queries).
 
     Returns:
         list over layers t = 1..T of the recorded values, e.g. (B, heads, N, h_t*w_t) weights.

@@ -5,7 +5,7 @@ reader can judge them, on the image:
 
 * ViT self-attention (eq. 2, ``z' = MSA(LN(z)) + z``) of the class token and of one patch, head by
   head, and attention rollout (Abnar & Zuidema, 2020) through the layers;
-* the query decoder's masked cross-attention (eq. 4-5) per query and per layer, each level map
+* the query decoder's masked cross-attention (eq. 5) per query and per layer, each level map
   (1/8, 1/4, 1/2 of the image) upsampled to the image, with the eq. 6 region it was allowed;
 * failure cases: predictions on the vessel look-alikes and missed small nodules.
 
@@ -62,7 +62,7 @@ class AttentionRecording:
     truth: Tensor | None  # (B, H, W) ground-truth nodule masks in {0, 1}, or None
     vit: list[Tensor]  # L x (B, heads, 1 + h*w, 1 + h*w) ViT self-attention, class token first
     grid: tuple[int, int]  # (h, w) ViT token grid
-    cross: list[Tensor]  # T x (B, heads, N, h_t*w_t) query-decoder cross-attention (eq. 4-5)
+    cross: list[Tensor]  # T x (B, heads, N, h_t*w_t) query-decoder cross-attention (eq. 5)
     allowed: list[Tensor | None]  # T x (B, heads, N, h_t*w_t) bool eq. 6 masks as used (None = unmasked)
     mask_logits: list[Tensor]  # T + 1 x (B, N, H, W): raw queries, then after each layer
     class_logits: list[Tensor]  # T + 1 x (B, N, K + 1), last column = no object
@@ -307,7 +307,7 @@ def _id(rec: AttentionRecording, index: int) -> str:
 
 def show_cross_attention(rec: AttentionRecording, index: int = 0, queries: Sequence[int] = (0,), head: int = -1,
                          smooth: bool = True) -> Figure:
-    """Decoder cross-attention (eq. 4-5) of some queries, one row per query, one column per layer.
+    """Decoder cross-attention (eq. 5) of some queries, one row per query, one column per layer.
 
     Each level map (1/8, 1/4, 1/2 of the image, coarse to fine) is upsampled to the image
     (bilinear when ``smooth``); the eq. 6 region the layer allowed is outlined in dashed white
