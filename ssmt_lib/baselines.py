@@ -24,7 +24,6 @@ from torch import nn
 
 from ssmt_lib.config import check_used_fields, coerce_value
 from ssmt_lib.trfe import GUIDANCE_VARIANTS, MTNet, TRFENet
-from ssmt_lib.trfe import TRFE_GLAND_WEIGHT  # noqa: F401  re-exported: losses.py imports it from here
 from ssmt_lib.unet import ResNet50UNet, UNet
 
 BASELINE_NAMES = ("unet", "resnet50_unet", "mtnet", "trfe")

@@ -423,7 +423,7 @@ def baseline_loss(out: ModelOutput, batch: dict, cfg: LossConfig) -> tuple[Tenso
         The loss and the detached parts ``{"loss", "nodule", "gland", "size", "rec"}`` (the last two
         0.0: baselines have neither), plus ``weighted_<task>`` = the task's weight x value.
     """
-    from ssmt_lib.baselines import TRFE_GLAND_WEIGHT
+    from ssmt_lib.trfe import TRFE_GLAND_WEIGHT
 
     if cfg.objective not in ("trfe", "bce_dice"):
         raise ValueError(f"baseline_loss: loss.objective={cfg.objective!r}; choose 'trfe' or 'bce_dice'")

@@ -50,7 +50,6 @@ from ssmt_lib.config import Config, to_dict
 from ssmt_lib.distributed import (RANK_SEED_STRIDE, RankZeroClock, default_device, is_main_process,
                                   seed_everything)
 from ssmt_lib.evaluation import evaluate, write_history, write_metrics
-from ssmt_lib.evaluation import jsonable  # noqa: F401  re-exported: notebooks import it from here
 from ssmt_lib.loaders import build_data, make_loader, to_device
 from ssmt_lib.losses import total_loss
 from ssmt_lib.model import build_model

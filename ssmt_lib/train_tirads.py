@@ -49,8 +49,7 @@ from ssmt_lib.evaluation import jsonable, write_history, write_metrics
 from ssmt_lib.loaders import make_loader
 from ssmt_lib.losses import bce_dice_loss
 from ssmt_lib.rlar import UncertaintyWeighting, pcgrad_backward, rlar_penalty, task_cosine
-from ssmt_lib.tirads_data import TiradsSet, check_data
-from ssmt_lib.tirads_data import tirads_data  # also re-exported: notebook 08 imports it from here
+from ssmt_lib.tirads_data import TiradsSet, check_data, tirads_data
 from ssmt_lib.tirads_metrics import evaluate_tirads, tirads_summary
 from ssmt_lib.tirads_model import TiradsConfig, TiradsNet, build_tirads_model, tirads_config
 

@@ -39,12 +39,10 @@ from typing import Any
 import numpy as np
 
 from ssmt_lib.data.datasets import SegmentationDataset
-from ssmt_lib.data.ddti_tirads_xml import (  # ALIASES, VOCABULARY: re-exported for notebook 07
-    ALIASES,  # noqa: F401
+from ssmt_lib.data.ddti_tirads_xml import (
     DESCRIPTORS,
     SVG_TRUNCATED_AT,
     TIRADS_CATEGORIES,
-    VOCABULARY,  # noqa: F401
     CaseAnnotation,
     Polygon,
     acr_points,

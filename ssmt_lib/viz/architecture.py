@@ -130,7 +130,7 @@ ARROWS: tuple[tuple[str, str, str, str], ...] = (
 def _anchor(block: Block, toward: Block) -> tuple[float, float]:
     """The middle of the side of ``block`` that faces ``toward``."""
     (x, y), (w, h) = block.xy, block.size
-    cx, cy = x + w / 2, y + h / 2
+    cy = y + h / 2
     tx = toward.xy[0] + toward.size[0] / 2
     ty = toward.xy[1] + toward.size[1] / 2
     level = min(max(ty, y + 0.3), y + h - 0.3)  # level with the target where the sides overlap

@@ -288,7 +288,7 @@ def compare_runs(histories: Mapping[str, History], metrics: Sequence[str] = ("va
 
 def metrics_table(results: Mapping[str, Mapping[str, Any]], task: str = "nodule",
                   with_references: bool = False) -> pd.DataFrame:
-    """One row per run from :func:`ssmt_lib.train.evaluate` results (``TrainResult.test``).
+    """One row per run from :func:`ssmt_lib.evaluation.evaluate` results (``TrainResult.test``).
 
     Args:
         results: ``{run label: evaluate() dict}``.

@@ -23,7 +23,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
