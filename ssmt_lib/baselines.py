@@ -15,14 +15,13 @@ rejects any other that is set.
 from __future__ import annotations
 
 import os
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 import timm
 from torch import nn
 
-from ssmt_lib.config import check_used_fields, coerce_value
+from ssmt_lib.config import check_used_fields, coerce_overrides
 from ssmt_lib.trfe import GUIDANCE_VARIANTS, MTNet, TRFENet
 from ssmt_lib.unet import ResNet50UNet, UNet
 
@@ -137,12 +136,9 @@ def make_baseline_config(name: str, size: str = "tiny", **overrides: Any) -> Bas
     if size not in SIZES:
         raise ValueError(f"unknown baseline size {size!r}; choose one of {SIZES}")
     canonical, fixed = _resolve_name(name)
-    hints = typing.get_type_hints(BaselineConfig)
+    overrides = coerce_overrides(BaselineConfig, "baseline", overrides)
     for key, value in overrides.items():
-        if key not in hints:
-            raise KeyError(f"unknown baseline override {key!r}; valid: {sorted(k for k in hints if k != 'name')}")
-        overrides[key] = coerce_value(f"baseline config {key}", value, hints[key])
-        if key in fixed and overrides[key] != fixed[key]:
+        if key in fixed and value != fixed[key]:
             raise ValueError(f"baseline {name!r} fixes {key}={fixed[key]!r}; got {key}={value!r} (use name {canonical!r})")
     values = {**BASELINE_PRESETS[size][canonical], **fixed, **overrides}
     return validate_baseline_config(BaselineConfig(name=canonical, **values))

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ssmt_lib.config import check_used_fields, coerce_value
+from ssmt_lib.config import check_used_fields, coerce_overrides, coerce_value
 
 CLASSIFIER_NAMES = ("vgg16", "vgg19", "resnet18", "resnet34", "alexnet", "resnet18_transformer")
 SIZES = ("tiny", "paper")
@@ -123,11 +123,7 @@ def make_classifier_config(name: str, size: str = "tiny", **overrides: Any) -> C
         raise ValueError(f"unknown classifier size {size!r}; choose one of {SIZES}")
     if name not in CLASSIFIER_NAMES:
         raise KeyError(f"unknown classifier {name!r}; choose one of {list(CLASSIFIER_NAMES)}")
-    hints = typing.get_type_hints(ClassifierConfig)
-    for key, value in overrides.items():
-        if key not in hints or key in ("name", "size"):
-            raise KeyError(f"unknown classifier override {key!r}; valid: {sorted(set(hints) - {'name', 'size'})}")
-        overrides[key] = coerce_value(f"classifier config {key}", value, hints[key])
+    overrides = coerce_overrides(ClassifierConfig, "classifier", overrides, reserved=("name", "size"))
     values = {**CLASSIFIER_PRESETS[size][name], **overrides}
     return validate_classifier_config(ClassifierConfig(name=name, size=size, **values))
 

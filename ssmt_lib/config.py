@@ -268,6 +268,29 @@ def _resolve_key(key: str) -> tuple[str, str]:
     return owners[0], key
 
 
+def coerce_overrides(config_class: type, kind: str, overrides: dict[str, Any],
+                     reserved: tuple[str, ...] = ("name",)) -> dict[str, Any]:
+    """Type-checked field overrides of a config dataclass (baseline, classifier, segmenter).
+
+    Args:
+        config_class: the dataclass whose fields may be overridden.
+        kind: its name in messages ("baseline", "classifier", ...).
+        overrides: field -> value as a caller passed them.
+        reserved: fields set by the builder, never by an override (the model's name, its size).
+
+    Returns:
+        The overrides with each value coerced to its field's type (:func:`coerce_value`).
+    """
+    hints = typing.get_type_hints(config_class)
+    valid = sorted(set(hints) - set(reserved))
+    coerced = {}
+    for key, value in overrides.items():
+        if key not in valid:
+            raise KeyError(f"unknown {kind} override {key!r}; valid: {valid}")
+        coerced[key] = coerce_value(f"{kind} config {key}", value, hints[key])
+    return coerced
+
+
 def coerce_value(key: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field annotation; accept ints for floats and lists for tuples."""
     args = typing.get_args(annotation)

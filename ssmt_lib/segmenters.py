@@ -26,14 +26,13 @@ score it like the baselines (``python -m ssmt_lib train --model vgg16_unet ...``
 from __future__ import annotations
 
 import os
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from ssmt_lib.classifiers import load_local_weights
-from ssmt_lib.config import check_used_fields, coerce_value
+from ssmt_lib.config import check_used_fields, coerce_overrides
 from ssmt_lib.outputs import ModelOutput
 
 SEGMENTER_NAMES = ("vgg16_unet", "vgg19_unet", "deeplabv3plus", "attention_unet")
@@ -91,11 +90,7 @@ def make_segmenter_config(name: str, size: str = "tiny", **overrides: Any) -> Se
         raise ValueError(f"unknown segmenter size {size!r}; choose one of {SIZES}")
     if name not in SEGMENTER_NAMES:
         raise KeyError(f"unknown segmenter {name!r}; choose one of {list(SEGMENTER_NAMES)}")
-    hints = typing.get_type_hints(SegmenterConfig)
-    for key, value in overrides.items():
-        if key not in hints or key in ("name", "size"):
-            raise KeyError(f"unknown segmenter override {key!r}; valid: {sorted(set(hints) - {'name', 'size'})}")
-        overrides[key] = coerce_value(f"segmenter config {key}", value, hints[key])
+    overrides = coerce_overrides(SegmenterConfig, "segmenter", overrides, reserved=("name", "size"))
     return validate_segmenter_config(SegmenterConfig(name=name, size=size,
                                                      **{**SEGMENTER_PRESETS[size][name], **overrides}))
 
