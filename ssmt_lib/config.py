@@ -69,7 +69,7 @@ class ModelConfig:
     output_mode: str = "transformer"  # reported map: "transformer", "cnn", or "sum" (logits added)
     # How the query decoder's map is formed: "soft" = sum over queries of softmax(class) x
     # sigmoid(mask) (Mask2Former's semantic inference); "argmax" = the paper's eq. 9: the masks of the
-    # queries whose argmax class is foreground, united (decoders.argmax_probabilities)
+    # queries whose argmax class is foreground, united (query_decoder.argmax_probabilities)
     inference: str = "soft"
 
     # --- tasks (the Table 2 switches) ---
