@@ -26,23 +26,25 @@ The T + 1 predictions of one decoder share one :class:`PixelFeatures`, which sli
 ``F`` once for all of them.
 
 Measured gains (``python benchmarks/run.py --only query_decoder``: a training step's forward +
-eq. 12 loss + backward, one CPU thread, the four forms timed alternately; two runs on the shared
+eq. 12 loss + backward, one CPU thread, the four forms timed alternately; three runs on the shared
 2-core VM, 2026-12-01, so read the ranges, not the digits):
 
-=========================  ================================  ====================================
-form                       tiny (128 px, batch 8), step gain  paper (224 px, batch 2), step gain
-=========================  ================================  ====================================
-plain                      1 (0.32-0.43 s)                    1 (6.2-7.5 s)
-cross-attention on tokens  1.14-1.16x                         1.27-1.57x
-factored masks             1.15-1.16x                         1.12-1.16x
-both (the presets)         1.09-1.46x                         1.31-1.50x
-=========================  ================================  ====================================
+=========================  ==================================  ==================================
+form                       tiny (128 px, batch 8), step gain   paper (224 px, batch 2), step gain
+=========================  ==================================  ==================================
+plain                      1 (0.26-0.43 s)                     1 (6.2-7.5 s)
+cross-attention on tokens  1.04-1.16x                          1.27-1.57x
+factored masks             1.08-1.16x                          1.12-1.24x
+both (the presets)         1.09-1.46x                          1.31-1.56x
+=========================  ==================================  ==================================
 
 At the notebooks' 64 px the levels are small and the gain is too: notebook 03's main training run
 (``fit``, tiny, 64 px, 5 + 20 epochs, 2 threads) took 36.4-38.2 s plain and 34.0-37.8 s with both
-(about 1.04x; two runs each). Both pay on the paper preset, so both presets switch them on. A third trick, running CPU batch
-norm of channels_last tensors in NCHW layout, was dropped: its training-step gain was 0.96-1.0x
-(tiny) and 0.98x (paper) on one thread, 1.05x (tiny) and 1.01x (paper) on two.
+(about 1.04x; two runs each). Both pay on the paper preset, so both presets switch them on.
+
+A third trick, running CPU batch norm of channels_last tensors in NCHW layout, was dropped: its
+training-step gain was 0.96-1.0x (tiny) and 0.98x (paper) on one thread, 1.05x (tiny) and 1.01x
+(paper) on two.
 """
 from __future__ import annotations
 
