@@ -87,6 +87,12 @@ def sine_position_embedding(h: int, w: int, dim: int, device: torch.device | Non
     return grid.reshape(h * w, dim)  # (h*w, dim)
 
 
+def key_positions(h: int, w: int, level_embedding: Tensor) -> Tensor:
+    """Eq. 5's key positions of one level: its 2-D sine grid plus the learned level embedding: (1, h*w, d)."""
+    d = level_embedding.shape[-1]
+    return (sine_position_embedding(h, w, d, level_embedding.device) + level_embedding)[None]  # (1, h*w, d)
+
+
 class QueryLayer(nn.Module):
     """One decoder layer: masked cross-attention (eq. 5-6) -> self-attention -> FFN, post-norm.
 
@@ -169,8 +175,7 @@ class QueryDecoder(nn.Module):
         for i, feat in enumerate(levels):
             h, w = feat.shape[-2:]
             tokens = self.input_proj[i](feat).flatten(2).transpose(1, 2)  # (B, h*w, d)
-            pos = sine_position_embedding(h, w, tokens.shape[-1], feat.device) + self.level_embed.weight[i]  # (h*w, d)
-            keys.append((tokens, pos[None]))  # (B, h*w, d), (1, h*w, d)
+            keys.append((tokens, key_positions(h, w, self.level_embed.weight[i])))  # (B, h*w, d), (1, h*w, d)
         return keys
 
     def pixel_embedding(self, pixel: Tensor) -> Tensor:

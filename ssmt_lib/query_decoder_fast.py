@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from ssmt_lib.attention import Attention
 from ssmt_lib.outputs import QueryPrediction
-from ssmt_lib.query_decoder import QueryDecoder, QueryLayer, sine_axis_embeddings, sine_position_embedding
+from ssmt_lib.query_decoder import QueryDecoder, QueryLayer, key_positions, sine_axis_embeddings
 
 
 # ----------------------------------------------------------------------------- cross-attention on tokens
@@ -78,8 +78,7 @@ class TokenKeys:
 
     def dense_positions(self) -> Tensor:
         """(1, h*w, d) positions, as the plain decoder adds them to the keys."""
-        d = self.level.shape[-1]
-        return (sine_position_embedding(self.h, self.w, d, self.level.device) + self.level)[None]  # (1, h*w, d)
+        return key_positions(self.h, self.w, self.level)
 
     def projected_positions(self, linear: nn.Linear, shift: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``linear(self.dense_positions() + shift)`` as ``rows[i] + cols[j] + const``.
